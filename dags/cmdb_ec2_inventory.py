@@ -1,0 +1,104 @@
+"""
+### Nightly cross-account EC2 inventory for the CMDB
+
+Every night: assume `CMDBDiscovery` in every configured account (one mapped task per account), list
+every EC2 instance in every enabled region, merge everything into one CSV in S3
+(`s3://{bucket}/{prefix}/ds=YYYY-MM-DD/ec2_inventory.csv`, plus `manifest.json` and `latest/`), tell the
+CMDB team on SNS, and fail the run when coverage is short, after the CSV and notification are out.
+
+Configuration: the Airflow Variable `cmdb_ec2_inventory` (JSON), read at run time. Params:
+`accounts` (override the account list for a manual run), `overwrite` (replace a complete snapshot).
+See the project's README for every key, the IAM roles and the output contract.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+
+from include.cmdb_inventory.alerts import TaskFailureNotifier
+
+# Deployment knobs that must be known when the DAG is parsed (environment only, never Variables).
+MAX_ACTIVE_ACCOUNTS = int(os.environ.get("CMDB_EC2_INVENTORY_MAX_ACTIVE_ACCOUNTS", "16"))
+RETRY_DELAY = timedelta(seconds=int(os.environ.get("CMDB_EC2_INVENTORY_RETRY_DELAY_SECONDS", "120")))
+
+
+@dag(
+    dag_id=Path(__file__).stem,
+    schedule=CronTriggerTimetable(os.environ.get("CMDB_EC2_INVENTORY_SCHEDULE", "0 2 * * *"), timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=2,
+    doc_md=__doc__,
+    tags=["cmdb", "aws", "ec2", "inventory"],
+    default_args={
+        "owner": "cmdb-platform",
+        "retries": 2,
+        "retry_delay": RETRY_DELAY,
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=15),
+        "execution_timeout": timedelta(minutes=30),
+        "on_failure_callback": TaskFailureNotifier(),
+    },
+    params={
+        "accounts": Param(
+            None,
+            type=["null", "array"],
+            description="Accounts for this run only (12-digit ids as strings); empty uses the Variable.",
+        ),
+        "overwrite": Param(
+            False,
+            type="boolean",
+            description="Replace this date's snapshot even when it is already complete.",
+        ),
+    },
+)
+def cmdb_ec2_inventory() -> None:
+    """Wiring only: the steps live in ``include.cmdb_inventory``."""
+
+    @task(execution_timeout=timedelta(minutes=5))
+    def resolve_accounts() -> list[dict[str, str]]:
+        from include.cmdb_inventory import runtime
+
+        return runtime.resolve(get_current_context())
+
+    @task(
+        map_index_template="{{ task.op_kwargs['account']['label'] }}",
+        max_active_tis_per_dagrun=MAX_ACTIVE_ACCOUNTS,
+        execution_timeout=timedelta(minutes=45),
+    )
+    def scan_account(account: dict[str, str]) -> dict[str, Any]:
+        from include.cmdb_inventory import runtime
+
+        return runtime.scan(get_current_context(), account)
+
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=60))
+    def merge_inventory(plan: dict[str, Any]) -> dict[str, Any]:
+        from include.cmdb_inventory import runtime
+
+        return runtime.merge(get_current_context(), plan)
+
+    @task(execution_timeout=timedelta(minutes=5))
+    def notify_cmdb(summary: dict[str, Any]) -> str:
+        from include.cmdb_inventory import runtime
+
+        return runtime.notify(get_current_context(), summary)
+
+    @task(retries=0, execution_timeout=timedelta(minutes=5))
+    def check_coverage(summary: dict[str, Any]) -> None:
+        from include.cmdb_inventory import runtime
+
+        runtime.check(summary)
+
+    accounts = resolve_accounts()
+    scanned = scan_account.expand(account=accounts)
+    summary = merge_inventory(accounts["plan"])
+    scanned >> summary
+    notify_cmdb(summary) >> check_coverage(summary)
+
+
+cmdb_ec2_inventory()

@@ -1,0 +1,266 @@
+"""Settings from the ``cmdb_ec2_inventory`` Variable and the run's Params, validated."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+VARIABLE_KEY = "cmdb_ec2_inventory"
+
+ACCOUNT_ID_RE = re.compile(r"^\d{12}$")
+ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
+BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{1,512}$")
+SNS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+KMS_KEY_RE = re.compile(
+    r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/+=,.@-]+|alias/[\w/+=,.@-]+|[0-9a-f-]{36})$"
+)
+CONN_ID_RE = re.compile(r"^[\w.-]{1,250}$")
+ACCOUNT_NAME_MAX = 256
+
+INSTANCE_STATES = ("pending", "running", "shutting-down", "stopping", "stopped", "terminated")
+DEFAULT_INSTANCE_STATES = tuple(s for s in INSTANCE_STATES if s != "terminated")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the bad value."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"invalid configuration {VARIABLE_KEY}.{key}: {message}")
+
+
+@dataclass(frozen=True)
+class Account:
+    """One expected AWS account."""
+
+    id: str
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """How the account is shown in the UI and in messages."""
+        return f"{self.id} ({self.name})" if self.name else self.id
+
+    def to_dict(self) -> dict[str, str]:
+        """Small JSON form, as passed between tasks."""
+        return {"id": self.id, "name": self.name, "label": self.label}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Account:
+        """Inverse of :meth:`to_dict`."""
+        return cls(id=str(data["id"]), name=str(data.get("name") or ""))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings of one run."""
+
+    accounts: tuple[Account, ...]
+    bucket: str
+    role_name: str = "CMDBDiscovery"
+    external_id: str | None = None
+    session_duration_seconds: int = 3600
+    regions: tuple[str, ...] = ()
+    exclude_regions: tuple[str, ...] = ()
+    prefix: str = "cmdb/ec2-inventory"
+    sns_topic_arn: str | None = None
+    aws_conn_id: str = "aws_default"
+    hub_region: str | None = None
+    kms_key_id: str | None = None
+    expected_bucket_owner: str | None = None
+    instance_states: tuple[str, ...] = DEFAULT_INSTANCE_STATES
+    region_threads: int = 8
+    max_attempts: int = 8
+    denied_regions_fail_coverage: bool = True
+
+    def account(self, account_id: str) -> Account:
+        """The configured account with this id."""
+        for acc in self.accounts:
+            if acc.id == account_id:
+                return acc
+        return Account(id=account_id)
+
+
+_KNOWN_KEYS = {
+    "accounts",
+    "role_name",
+    "external_id",
+    "session_duration_seconds",
+    "regions",
+    "exclude_regions",
+    "bucket",
+    "prefix",
+    "sns_topic_arn",
+    "aws_conn_id",
+    "hub_region",
+    "kms_key_id",
+    "expected_bucket_owner",
+    "instance_states",
+    "region_threads",
+    "max_attempts",
+    "denied_regions_fail_coverage",
+}
+
+
+@cache
+def known_regions() -> frozenset[str]:
+    """Every region botocore knows, in every partition."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    regions: set[str] = set()
+    for partition in session.get_available_partitions():
+        regions.update(
+            session.get_available_regions("ec2", partition_name=partition, allow_non_regional=False)
+        )
+    return frozenset(regions)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _string(raw: Mapping[str, Any], key: str, pattern: re.Pattern[str] | None = None) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {_short(value)}")
+    if pattern is not None and not pattern.match(value):
+        raise ConfigError(key, f"{_short(value)} is not valid")
+    return value
+
+
+def _integer(raw: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"must be an integer, got {_short(value)}")
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _boolean(raw: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {_short(value)}")
+    return value
+
+
+def _region_list(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = raw.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        raise ConfigError(key, f"must be a list of region names, got {_short(value)}")
+    unknown = [r for r in value if r not in known_regions()]
+    if unknown:
+        raise ConfigError(key, f"unknown region name {_short(unknown[0])}")
+    seen: list[str] = []
+    for region in value:
+        if region not in seen:
+            seen.append(region)
+    return tuple(seen)
+
+
+def parse_accounts(value: Any, key: str = "accounts") -> tuple[Account, ...]:
+    """Validate an account list: ids as 12-digit strings or ``{"id", "name"}`` objects, no duplicates."""
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of 12-digit account ids, got {_short(value)}")
+    if not value:
+        raise ConfigError(key, "is empty: at least one account is required")
+    accounts: list[Account] = []
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        where = f"{key}[{index}]"
+        name = ""
+        if isinstance(item, Mapping):
+            unknown = sorted(set(item) - {"id", "name"})
+            if unknown:
+                raise ConfigError(where, f"unknown key {_short(unknown[0])} (allowed: id, name)")
+            account_id = item.get("id")
+            name = item.get("name") or ""
+            if not isinstance(name, str) or len(name) > ACCOUNT_NAME_MAX:
+                raise ConfigError(
+                    f"{where}.name", f"must be a string of at most {ACCOUNT_NAME_MAX} characters"
+                )
+        else:
+            account_id = item
+        if not isinstance(account_id, str):
+            raise ConfigError(
+                where, f"account id {_short(account_id)} must be a string of 12 digits (quote it)"
+            )
+        if not ACCOUNT_ID_RE.match(account_id):
+            raise ConfigError(where, f"account id {_short(account_id)} is not 12 digits")
+        if account_id in seen:
+            raise ConfigError(where, f"duplicate account id {account_id}")
+        seen.add(account_id)
+        accounts.append(Account(id=account_id, name=name))
+    return tuple(accounts)
+
+
+def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Settings:
+    """Validate the Variable's JSON (already decoded) and the run's Params into :class:`Settings`."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ConfigError("(json)", f"is not valid JSON: {err.msg} at line {err.lineno}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError("(root)", f"must be a JSON object, got {_short(raw)}")
+    unknown = sorted(k for k in raw if k not in _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(str(unknown[0]), "unknown key (check the spelling; see the README)")
+    params = params or {}
+
+    if params.get("accounts"):
+        accounts = parse_accounts(params["accounts"], key="params.accounts")
+    elif "accounts" not in raw:
+        raise ConfigError("accounts", "is required")
+    else:
+        accounts = parse_accounts(raw["accounts"])
+
+    bucket = _string(raw, "bucket", BUCKET_RE)
+    if not bucket:
+        raise ConfigError("bucket", "is required")
+    prefix = _string(raw, "prefix") or "cmdb/ec2-inventory"
+    prefix = prefix.strip("/")
+    if not PREFIX_RE.match(prefix) or any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise ConfigError("prefix", f"{_short(prefix)} is not a safe S3 prefix")
+
+    regions = _region_list(raw, "regions")
+    if "regions" in raw and not regions:
+        raise ConfigError("regions", "is empty: omit it to scan every enabled region")
+    states = raw.get("instance_states", list(DEFAULT_INSTANCE_STATES))
+    if not isinstance(states, list) or not states or any(s not in INSTANCE_STATES for s in states):
+        raise ConfigError("instance_states", f"must be a non-empty list of {', '.join(INSTANCE_STATES)}")
+    hub_region = _string(raw, "hub_region")
+    if hub_region is not None and hub_region not in known_regions():
+        raise ConfigError("hub_region", f"unknown region name {_short(hub_region)}")
+
+    return Settings(
+        accounts=accounts,
+        bucket=bucket,
+        role_name=_string(raw, "role_name", ROLE_NAME_RE) or "CMDBDiscovery",
+        external_id=_string(raw, "external_id", EXTERNAL_ID_RE),
+        session_duration_seconds=_integer(raw, "session_duration_seconds", 3600, 900, 43200),
+        regions=regions,
+        exclude_regions=_region_list(raw, "exclude_regions"),
+        prefix=prefix,
+        sns_topic_arn=_string(raw, "sns_topic_arn", SNS_ARN_RE),
+        aws_conn_id=_string(raw, "aws_conn_id", CONN_ID_RE) or "aws_default",
+        hub_region=hub_region,
+        kms_key_id=_string(raw, "kms_key_id", KMS_KEY_RE),
+        expected_bucket_owner=_string(raw, "expected_bucket_owner", ACCOUNT_ID_RE),
+        instance_states=tuple(dict.fromkeys(states)),
+        region_threads=_integer(raw, "region_threads", 8, 1, 64),
+        max_attempts=_integer(raw, "max_attempts", 8, 1, 20),
+        denied_regions_fail_coverage=_boolean(raw, "denied_regions_fail_coverage", True),
+    )

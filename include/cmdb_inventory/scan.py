@@ -1,0 +1,115 @@
+"""One account: assume its role, plan its regions, scan them in parallel, paginated."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from include.cmdb_inventory.coverage import OK, ROLE_NOT_ASSUMABLE, error_of, region_status_of
+from include.cmdb_inventory.records import Record, instance_record
+from include.cmdb_inventory.regions import plan_regions
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+    from cmdb_inventory_aws.hooks import CrossAccountHook
+    from include.cmdb_inventory.config import Account
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1000
+
+
+@dataclass
+class AccountScan:
+    """What one account's scan found: records sorted by region and instance, and per-region statuses."""
+
+    account_id: str
+    account_name: str
+    status: str = OK
+    role_arn: str = ""
+    error: dict[str, str] | None = None
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    regions_source: str = ""
+    note: str = ""
+
+
+def scan_region(
+    ec2: BaseClient,
+    account_id: str,
+    account_name: str,
+    region: str,
+    states: tuple[str, ...],
+    collected_at: str,
+) -> list[Record]:
+    """Every instance of one region in the given states, through the paginator, sorted by id."""
+    paginator = ec2.get_paginator("describe_instances")
+    pages = paginator.paginate(
+        Filters=[{"Name": "instance-state-name", "Values": list(states)}],
+        PaginationConfig={"PageSize": PAGE_SIZE},
+    )
+    records = [
+        instance_record(account_id, account_name, region, instance, collected_at)
+        for page in pages
+        for reservation in page.get("Reservations", [])
+        for instance in reservation.get("Instances", [])
+    ]
+    records.sort(key=lambda r: r["InstanceId"])
+    return records
+
+
+def scan_account(
+    hook: CrossAccountHook,
+    account: Account,
+    *,
+    regions: tuple[str, ...] = (),
+    exclude_regions: tuple[str, ...] = (),
+    states: tuple[str, ...],
+    collected_at: str,
+    threads: int = 8,
+) -> AccountScan:
+    """
+    Scan one account. A role that cannot be assumed gives status ``ROLE_NOT_ASSUMABLE``; a region that
+    fails gives that region its own status; both keep the error code and message.
+    """
+    from cmdb_inventory_aws.hooks import RoleNotAssumableError
+
+    result = AccountScan(account_id=account.id, account_name=account.name)
+    try:
+        result.role_arn = hook.assume()
+    except RoleNotAssumableError as err:
+        result.status = ROLE_NOT_ASSUMABLE
+        result.role_arn = err.role_arn
+        result.error = error_of(err)
+        log.error("Account %s: %s", account.label, err)
+        return result
+
+    plan = plan_regions(hook.client("ec2", hook.hub_region), hook.partition, regions, exclude_regions)
+    result.regions_source, result.note = plan.source, plan.note
+    result.regions.extend({**s, "instances": 0} for s in plan.skipped)
+    log.info("Account %s: scanning %d regions (%s)", account.label, len(plan.scan), plan.source)
+
+    def one(region: str) -> tuple[str, list[Record] | None, dict[str, str] | None]:
+        try:
+            client = hook.client("ec2", region)
+            return region, scan_region(client, account.id, account.name, region, states, collected_at), None
+        except Exception as err:
+            return region, None, error_of(err)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(plan.scan) or 1))) as pool:
+        outcomes = list(pool.map(one, plan.scan))
+
+    for region, records, error in outcomes:
+        if error is None and records is not None:
+            result.records.extend(records)
+            result.regions.append({"region": region, "status": OK, "instances": len(records)})
+        else:
+            assert error is not None  # noqa: S101 - one of the two is always set
+            status = region_status_of(error["code"])
+            log.warning("Account %s region %s: %s %s: %s", account.label, region, status, *error.values())
+            result.regions.append({"region": region, "status": status, "instances": 0, "error": error})
+    result.regions.sort(key=lambda r: r["region"])
+    return result
