@@ -39,21 +39,31 @@ from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Literal, Self, TypedDict, Unpack
+from typing import TYPE_CHECKING, Literal, Self, TypedDict, Unpack
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
+if TYPE_CHECKING:
+    from moto.server import ThreadedMotoServer
+
 __all__ = [
+    "ACCESS_DENIED",
+    "AUTH_FAILURE",
     "DUMMY_CREDENTIALS",
+    "S3_INTERNAL_ERROR",
+    "S3_SLOW_DOWN",
     "S3_WRITE_ACTIONS",
+    "UNAUTHORIZED_OPERATION",
     "AwsGateway",
     "Call",
+    "CallFilters",
     "Fault",
     "Request",
     "Rule",
     "RuleOptions",
     "default_account_id",
     "main",
+    "throttling_fault",
 ]
 
 log = logging.getLogger(__name__)
@@ -319,6 +329,36 @@ class RuleOptions(TypedDict, total=False):
     times: int | None
     probability: float | None
     seed: int | None
+
+
+class CallFilters(TypedDict, total=False):
+    """Filters of ``calls``/``count``; ``fault`` is the error code or ``"reset"``."""
+
+    service: Match
+    action: Match
+    account: Match
+    region: Match
+    role_arn: Match
+    bucket: Match
+    key_prefix: str | None
+    access_key: Match
+    method: Match
+    fault: Match
+    status: int | Collection[int] | None
+    faulted: bool | None
+
+
+_CALL_MATCH_FIELDS = (
+    "service",
+    "action",
+    "account",
+    "region",
+    "role_arn",
+    "bucket",
+    "access_key",
+    "method",
+    "fault",
+)
 
 
 @dataclass(eq=False)
@@ -733,14 +773,13 @@ class AwsGateway:
         self.seed = seed
         self.quiet = quiet
         self.default_account = default_account_id()
-        self._max_calls = max_calls
         self._lock = threading.Lock()
         self._rules: tuple[Rule, ...] = ()
         self._calls: deque[Call] = deque(maxlen=max_calls)
         self._seq = 0
         self._key_accounts: dict[str, str] = {}
         self._conns: set[socket.socket] = set()
-        self._moto: object | None = None
+        self._moto: ThreadedMotoServer | None = None
         self._server: _ProxyServer | None = None
         self._thread: threading.Thread | None = None
         self._pool: _UpstreamPool
@@ -801,7 +840,7 @@ class AwsGateway:
             self._thread.join(timeout=5)
         moto, self._moto = self._moto, None
         if moto is not None:
-            moto.stop()  # type: ignore[attr-defined]
+            moto.stop()
 
     @property
     def running(self) -> bool:
@@ -912,42 +951,29 @@ class AwsGateway:
 
     # ---------------------------------------------------------------- call log and accounts
 
-    def calls(
-        self,
-        *,
-        service: Match = None,
-        action: Match = None,
-        account: Match = None,
-        region: Match = None,
-        role_arn: Match = None,
-        bucket: Match = None,
-        access_key: Match = None,
-        status: int | Collection[int] | None = None,
-        fault: Match = None,
-        faulted: bool | None = None,
-    ) -> list[Call]:
-        """Logged calls matching every given filter, oldest first."""
+    def calls(self, **filters: Unpack[CallFilters]) -> list[Call]:
+        """Logged calls matching every given filter (see ``CallFilters``), oldest first."""
         with self._lock:
             snapshot = list(self._calls)
+        if not filters:
+            return snapshot
+        status = filters.get("status")
         statuses = None if status is None else {status} if isinstance(status, int) else set(status)
+        faulted = filters.get("faulted")
+        key_prefix = filters.get("key_prefix")
+        fields = [(name, filters[name]) for name in _CALL_MATCH_FIELDS if filters.get(name) is not None]  # type: ignore[literal-required]
         return [
             c
             for c in snapshot
-            if _matches(service, c.service)
-            and _matches(action, c.action)
-            and _matches(account, c.account)
-            and _matches(region, c.region)
-            and _matches(role_arn, c.role_arn)
-            and _matches(bucket, c.bucket)
-            and _matches(access_key, c.access_key)
-            and _matches(fault, c.fault)
+            if all(_matches(expected, getattr(c, name)) for name, expected in fields)
             and (statuses is None or c.status in statuses)
             and (faulted is None or (c.fault is not None) == faulted)
+            and (key_prefix is None or (c.key is not None and c.key.startswith(key_prefix)))
         ]
 
-    def count(self, **filters: object) -> int:
+    def count(self, **filters: Unpack[CallFilters]) -> int:
         """Number of logged calls matching the filters of ``calls``."""
-        return len(self.calls(**filters))  # type: ignore[arg-type]
+        return len(self.calls(**filters))
 
     def reset_calls(self) -> None:
         """Forget the call log."""

@@ -11,16 +11,18 @@ from typing import Any
 
 VARIABLE_KEY = "cmdb_ec2_inventory"
 
-ACCOUNT_ID_RE = re.compile(r"^\d{12}$")
-ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
-EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
-BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{1,512}$")
-SNS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+# ASCII-only \d and \w, and \Z rather than $ (which also matches before a trailing newline).
+ACCOUNT_ID_RE = re.compile(r"^\d{12}\Z", re.ASCII)
+ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}\Z", re.ASCII)
+EXTERNAL_ID_RE = re.compile(r"^[\w+=,.@:/-]{2,1224}\Z", re.ASCII)
+BUCKET_RE = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z", re.ASCII)
+PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{1,512}\Z", re.ASCII)
+SNS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?\Z", re.ASCII)
 KMS_KEY_RE = re.compile(
-    r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/+=,.@-]+|alias/[\w/+=,.@-]+|[0-9a-f-]{36})$"
+    r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/+=,.@-]+|alias/[\w/+=,.@-]+|[0-9a-f-]{36})\Z",
+    re.ASCII,
 )
-CONN_ID_RE = re.compile(r"^[\w.-]{1,250}$")
+CONN_ID_RE = re.compile(r"^[\w.-]{1,250}\Z", re.ASCII)
 ACCOUNT_NAME_MAX = 256
 
 INSTANCE_STATES = ("pending", "running", "shutting-down", "stopping", "stopped", "terminated")
@@ -189,7 +191,8 @@ def parse_accounts(value: Any, key: str = "accounts") -> tuple[Account, ...]:
             name = item.get("name") or ""
             if not isinstance(name, str) or len(name) > ACCOUNT_NAME_MAX:
                 raise ConfigError(
-                    f"{where}.name", f"must be a string of at most {ACCOUNT_NAME_MAX} characters"
+                    f"{where}.name",
+                    f"must be a string of at most {ACCOUNT_NAME_MAX} characters, got {_short(name)}",
                 )
         else:
             account_id = item
@@ -240,7 +243,10 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         raise ConfigError("regions", "is empty: omit it to scan every enabled region")
     states = raw.get("instance_states", list(DEFAULT_INSTANCE_STATES))
     if not isinstance(states, list) or not states or any(s not in INSTANCE_STATES for s in states):
-        raise ConfigError("instance_states", f"must be a non-empty list of {', '.join(INSTANCE_STATES)}")
+        raise ConfigError(
+            "instance_states",
+            f"must be a non-empty list of {', '.join(INSTANCE_STATES)}, got {_short(states)}",
+        )
     hub_region = _string(raw, "hub_region")
     if hub_region is not None and hub_region not in known_regions():
         raise ConfigError("hub_region", f"unknown region name {_short(hub_region)}")

@@ -46,7 +46,6 @@ class World:
 
     accounts: dict[str, str]
     servers: dict[str, list[Server]] = field(default_factory=dict)
-    broken_roles: set[str] = field(default_factory=set)  # accounts seeded without CMDBDiscovery
 
     def expected_count(self, include_terminated: bool = False) -> int:
         """How many instances an inventory of this world must list."""
@@ -132,8 +131,8 @@ def _create_role(iam: Any, rendered: Any) -> None:
         iam.put_role_policy(RoleName=rendered.role_name, PolicyName=name, PolicyDocument=json.dumps(document))
 
 
-def _run_servers(ec2: Any, servers: Iterable[Server]) -> list[str]:
-    ids: list[str] = []
+def _run_servers(ec2: Any, servers: Iterable[Server]) -> list[dict[str, str]]:
+    seeded: list[dict[str, str]] = []
     for server in servers:
         tags = [{"Key": "Name", "Value": server.name}, *({"Key": k, "Value": v} for k, v in server.tags)]
         response = ec2.run_instances(
@@ -148,14 +147,17 @@ def _run_servers(ec2: Any, servers: Iterable[Server]) -> list[str]:
             ec2.stop_instances(InstanceIds=new)
         elif server.state == "terminated":
             ec2.terminate_instances(InstanceIds=new)
-        ids.extend(new)
-    return ids
+        seeded.extend(
+            {"id": i, "region": server.region, "name": server.name, "state": server.state} for i in new
+        )
+    return seeded
 
 
 def seed(endpoint_url: str, world: World | None = None) -> dict[str, Any]:
     """
     Seed ``world`` (default: the blog's organisation). Returns the Airflow connection and Variable that
-    point the DAG at it, and the SQS queue URL subscribed to the topic.
+    point the DAG at it, the SQS queue URL subscribed to the topic, and the seeded instances by account
+    (``id``, ``region``, ``name``, ``state``). Seeding an already seeded emulator changes nothing.
     """
     from include.cmdb_inventory.iam_templates import render_role
 
@@ -164,16 +166,17 @@ def seed(endpoint_url: str, world: World | None = None) -> dict[str, Any]:
     payer = session_in(endpoint_url, PAYER)
 
     iam = payer.client("iam", endpoint_url=endpoint_url)
-    _create_role(
-        iam,
-        render_role(
-            "cmdb-application",
-            {"BucketName": BUCKET, "TopicArn": f"arn:aws:sns:{HOME_REGION}:{PAYER}:{TOPIC}"},
-            account_id=PAYER,
-        ),
-    )
-    s3 = payer.client("s3", endpoint_url=endpoint_url)
-    s3.create_bucket(Bucket=BUCKET)
+    already_seeded = any(r["RoleName"] == HUB_ROLE for r in iam.list_roles()["Roles"])
+    if not already_seeded:
+        _create_role(
+            iam,
+            render_role(
+                "cmdb-application",
+                {"BucketName": BUCKET, "TopicArn": f"arn:aws:sns:{HOME_REGION}:{PAYER}:{TOPIC}"},
+                account_id=PAYER,
+            ),
+        )
+        payer.client("s3", endpoint_url=endpoint_url).create_bucket(Bucket=BUCKET)
     sns = payer.client("sns", endpoint_url=endpoint_url)
     topic_arn = sns.create_topic(Name=TOPIC)["TopicArn"]
     sqs = payer.client("sqs", endpoint_url=endpoint_url)
@@ -185,14 +188,13 @@ def seed(endpoint_url: str, world: World | None = None) -> dict[str, Any]:
         TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"}
     )
 
-    instances: dict[str, list[str]] = {}
-    for account_id in world.accounts:
+    instances: dict[str, list[dict[str, str]]] = {}
+    for account_id in [] if already_seeded else world.accounts:
         session = payer if account_id == PAYER else session_in(endpoint_url, account_id)
-        if account_id not in world.broken_roles:
-            _create_role(
-                session.client("iam", endpoint_url=endpoint_url),
-                render_role("cmdb-discovery", {"HubRoleArn": hub_role_arn}, account_id=account_id),
-            )
+        _create_role(
+            session.client("iam", endpoint_url=endpoint_url),
+            render_role("cmdb-discovery", {"HubRoleArn": hub_role_arn}, account_id=account_id),
+        )
         by_region: dict[str, list[Server]] = {}
         for server in world.servers.get(account_id, []):
             by_region.setdefault(server.region, []).append(server)
@@ -201,25 +203,36 @@ def seed(endpoint_url: str, world: World | None = None) -> dict[str, Any]:
             instances.setdefault(account_id, []).extend(_run_servers(ec2, servers))
 
     return {
-        "connection": {
-            "conn_type": "aws",
-            "login": "cmdb-hub-demo-key",
-            "password": "cmdb-hub-demo-secret",
-            "extra": {
-                "region_name": HOME_REGION,
-                "endpoint_url": endpoint_url,
-                "role_arn": hub_role_arn,
-                "service_config": {"sts": {"endpoint_url": endpoint_url}},
-            },
-        },
-        "variable": {
-            "accounts": [{"id": a, "name": n} for a, n in world.accounts.items()],
-            "bucket": BUCKET,
-            "sns_topic_arn": topic_arn,
-            "hub_region": HOME_REGION,
-        },
+        "connection": demo_connection(endpoint_url),
+        "variable": {**demo_variable(world), "sns_topic_arn": topic_arn},
         "queue_url": queue_url,
         "instances": instances,
+    }
+
+
+def demo_connection(endpoint_url: str) -> dict[str, Any]:
+    """The hub connection for the emulator: dummy keys, then ``CMDBApplication`` as the hub identity."""
+    return {
+        "conn_type": "aws",
+        "login": "cmdb-hub-demo-key",
+        "password": "cmdb-hub-demo-secret",
+        "extra": {
+            "region_name": HOME_REGION,
+            "endpoint_url": endpoint_url,
+            "role_arn": f"arn:aws:iam::{PAYER}:role/{HUB_ROLE}",
+            "service_config": {"sts": {"endpoint_url": endpoint_url}},
+        },
+    }
+
+
+def demo_variable(world: World | None = None) -> dict[str, Any]:
+    """The ``cmdb_ec2_inventory`` Variable for a seeded world."""
+    world = world or blog_world()
+    return {
+        "accounts": [{"id": a, "name": n} for a, n in world.accounts.items()],
+        "bucket": BUCKET,
+        "sns_topic_arn": f"arn:aws:sns:{HOME_REGION}:{PAYER}:{TOPIC}",
+        "hub_region": HOME_REGION,
     }
 
 

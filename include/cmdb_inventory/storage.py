@@ -218,9 +218,9 @@ class SnapshotStore:
 
     def copy(self, source_key: str, key: str) -> None:
         """Server-side copy within the bucket (managed: multipart for large objects)."""
+        # s3transfer refuses ExpectedSourceBucketOwner (ValueError); the source is this same bucket, and
+        # ExpectedBucketOwner is sent on the source HeadObject and on every write of the copy.
         extra: dict[str, str] = dict(self.write_args)
-        if self.expected_bucket_owner:
-            extra["ExpectedSourceBucketOwner"] = self.expected_bucket_owner
         self.s3.copy({"Bucket": self.bucket, "Key": source_key}, self.bucket, key, ExtraArgs=extra)
 
 

@@ -435,6 +435,8 @@ def test_emulator_points_every_airflow_service_at_moto(emulator_project: dict[st
     moto_entrypoint = services["moto"]["entrypoint"]
     moto_port = int(moto_entrypoint[moto_entrypoint.index("-p") + 1])
     assert services["moto"]["image"] == f"motoserver/moto:{requirement_pin('moto', CONSTRAINTS)}"
+    # MOTO_ACCOUNT_ID would put every request, assumed roles included, into one account.
+    assert "MOTO_ACCOUNT_ID" not in env_of(services["moto"])
     variables = set()
     for name in AIRFLOW_SERVICES | {"emulator-seed"}:
         env = env_of(services[name])
@@ -453,8 +455,12 @@ def test_demo_variable_is_valid_configuration(emulator_project: dict[str, Any]) 
     raw_variable = env_of(emulator_project["services"]["airflow-worker"])["AIRFLOW_VAR_CMDB_EC2_INVENTORY"]
     settings = config.parse_settings(raw_variable)
     assert [a.id for a in settings.accounts] == [f"{digit}" * 12 for digit in "1234"]
-    assert settings.bucket == "cmdb-inventory-demo"
     assert settings.aws_conn_id == "aws_default"
+    # The same world the seeder creates and `make demo` uses: one source of truth.
+    emulator = pytest.importorskip("include.cmdb_inventory.emulator")
+    assert json.loads(raw_variable) == emulator.demo_variable()
+    conn = _aws_conn(emulator_project["services"]["airflow-worker"])
+    assert conn == emulator.demo_connection("http://moto:5000")
 
 
 def test_emulator_seed_runs_the_seeding_cli_after_moto(emulator_project: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import subprocess
@@ -150,6 +151,37 @@ def test_upstream_mode_fronts_an_existing_moto(gw: AwsGateway) -> None:
         assert second.count(action="GetCallerIdentity") == 1
     assert gw.count() == 0
     client(gw, "sts").get_caller_identity()  # moto still up after the second gateway stopped
+
+
+def test_chunked_request_body_is_forwarded(gw: AwsGateway) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    headers = {
+        "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20250101/eu-west-2/sts/aws4_request, "
+        "SignedHeaders=host, Signature=0",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    try:
+        conn.request(
+            "POST", "/", body=iter([b"Action=GetCallerIdentity", b"&Version=2011-06-15"]), headers=headers
+        )
+        response = conn.getresponse()
+        assert response.status == 200
+        assert b"<GetCallerIdentityResponse" in response.read()
+    finally:
+        conn.close()
+    assert [(c.service, c.action, c.region) for c in gw.calls()] == [
+        ("sts", "GetCallerIdentity", "eu-west-2")
+    ]
+
+
+def test_reset_moto_wipes_state_and_learned_keys(gw: AwsGateway) -> None:
+    s3 = client(gw, "s3")
+    s3.create_bucket(Bucket="cmdb-reset-me")
+    assumed_creds(gw)
+    assert gw.key_accounts
+    gw.reset_moto()
+    assert gw.key_accounts == {}
+    assert "cmdb-reset-me" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
 
 
 # --- STS / accounts

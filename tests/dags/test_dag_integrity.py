@@ -1,0 +1,107 @@
+"""DAG integrity: it parses, it touches nothing at parse time, and its shape is the contract's."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DAG_FILE = ROOT / "dags" / "cmdb_ec2_inventory.py"
+
+
+@pytest.fixture(scope="module")
+def dag() -> Any:
+    """The DAG object, loaded through Airflow's own DagBag."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags["cmdb_ec2_inventory"]
+
+
+def test_dagbag_has_only_our_dag_without_errors(dag: Any) -> None:
+    assert dag is not None
+    assert dag.dag_id == "cmdb_ec2_inventory"
+
+
+def test_parsing_touches_no_connection_variable_or_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Import the DAG file with every way out blocked: connections, Variables and sockets."""
+    import runpy
+
+    from airflow.sdk import BaseHook, Variable
+
+    touched: list[str] = []
+
+    def refuse(what: str) -> Any:
+        def _refuse(*args: Any, **kwargs: Any) -> Any:
+            touched.append(what)
+            raise AssertionError(f"{what} at parse time")
+
+        return _refuse
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(refuse("connection")))
+    monkeypatch.setattr(Variable, "get", staticmethod(refuse("variable")))
+    monkeypatch.setattr(socket.socket, "connect", refuse("network"))
+    monkeypatch.setattr(socket, "create_connection", refuse("network"))
+    namespace = runpy.run_path(str(DAG_FILE))
+    assert touched == []
+    assert "cmdb_ec2_inventory" in namespace
+
+
+def test_dag_file_imports_no_heavy_modules() -> None:
+    """No boto3, botocore, pandas or provider hooks at module level (they load inside tasks)."""
+    code = (
+        "import json, runpy, sys; runpy.run_path(sys.argv[1]); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'boto3', 'botocore', 'pandas', 'moto'} or m.startswith('airflow.providers.amazon.aws.hooks'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(DAG_FILE)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}", "PATH": "/usr/bin:/bin"},
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_schedule_and_defaults(dag: Any) -> None:
+    timetable = dag.timetable
+    assert timetable.expression == "0 2 * * *"
+    assert "UTC" in str(timetable.timezone)
+    assert dag.catchup is False
+    assert dag.start_date.year == 2026
+    assert {"cmdb", "aws", "ec2"} <= set(dag.tags)
+    assert dag.doc_md
+    assert dag.default_args["owner"] == "cmdb-platform"
+    assert dag.default_args["retries"] >= 2
+    assert dag.default_args["on_failure_callback"]
+    assert set(dag.params.keys()) >= {"accounts", "overwrite"}
+
+
+def test_task_graph_is_the_contract(dag: Any) -> None:
+    tasks = {t.task_id: t for t in dag.tasks}
+    assert set(tasks) == {
+        "resolve_accounts",
+        "scan_account",
+        "merge_inventory",
+        "notify_cmdb",
+        "check_coverage",
+    }
+    assert tasks["resolve_accounts"].downstream_task_ids >= {"scan_account", "merge_inventory"}
+    assert tasks["scan_account"].downstream_task_ids == {"merge_inventory"}
+    assert tasks["merge_inventory"].downstream_task_ids == {"notify_cmdb", "check_coverage"}
+    assert tasks["notify_cmdb"].downstream_task_ids == {"check_coverage"}
+    assert tasks["check_coverage"].downstream_task_ids == set()
+    assert tasks["merge_inventory"].trigger_rule == "all_done"
+    assert "account" in tasks["scan_account"].map_index_template
+    for task in tasks.values():
+        assert task.execution_timeout is not None, task.task_id
+    assert tasks["check_coverage"].retries == 0

@@ -1,0 +1,36 @@
+"""End-to-end fixtures: a migrated throwaway Airflow database, copied for each test."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from include.cmdb_inventory import sandbox
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``airflow db migrate`` per test process; tests get a copy."""
+    home = tmp_path_factory.mktemp("airflow-template")
+    env = sandbox.airflow_env(home, {"extra": {"endpoint_url": "http://127.0.0.1:9"}}, {})
+    sandbox.migrate(env)
+    return home / "airflow.db"
+
+
+@pytest.fixture
+def airflow_home(tmp_path: Path, migrated_db: Path) -> Path:
+    """A fresh Airflow home with its own copy of the migrated database."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    shutil.copy(migrated_db, home / "airflow.db")
+    return home
+
+
+@pytest.fixture
+def fresh_moto() -> Iterator[str]:
+    """A fresh moto server on 127.0.0.1 for one test (a fresh emulated organisation)."""
+    with sandbox.moto_server() as url:
+        yield url

@@ -1,0 +1,183 @@
+"""The CMDB team's notification and the failure alert name what the contract says they name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from include.cmdb_inventory.notify import (
+    MAX_GAPS_LISTED,
+    SNS_SUBJECT_MAX,
+    failure_message,
+    message,
+    subject,
+)
+
+CSV_URI = "s3://cmdb-inventory-bucket/cmdb/ec2-inventory/ds=2024-03-01/ec2_inventory.csv"
+MANIFEST_URI = "s3://cmdb-inventory-bucket/cmdb/ec2-inventory/ds=2024-03-01/manifest.json"
+LATEST_URI = "s3://cmdb-inventory-bucket/cmdb/ec2-inventory/latest/ec2_inventory.csv"
+RUN_ID = "scheduled__2024-03-01T00:00:00+00:00"
+
+
+def gap(
+    account: str, region: str | None, status: str, code: str | None = None, text: str = "", name: str = ""
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "account": account,
+        "account_name": name,
+        "region": region,
+        "status": status,
+        "instances": 0,
+    }
+    if code:
+        entry["error"] = {"code": code, "message": text}
+    return entry
+
+
+def summary(**overrides: Any) -> dict[str, Any]:
+    """A summary shaped like merge_inventory's return value."""
+    base: dict[str, Any] = {
+        "ds": "2024-03-01",
+        "dag_run_id": RUN_ID,
+        "written": True,
+        "decision_reason": "no snapshot for this date yet",
+        "csv_uri": CSV_URI,
+        "manifest_uri": MANIFEST_URI,
+        "latest_uri": LATEST_URI,
+        "latest_updated": True,
+        "row_count": 1234,
+        "accounts_expected": 3,
+        "accounts_covered": 3,
+        "regions_scanned": 51,
+        "regions_disabled": 6,
+        "run_complete": True,
+        "snapshot_complete": True,
+        "gap_count": 0,
+        "gaps": [],
+    }
+    base.update(overrides)
+    if "gaps" in overrides and "gap_count" not in overrides:
+        base["gap_count"] = len(overrides["gaps"])
+    return base
+
+
+GAPS = [
+    gap(
+        "222222222222",
+        None,
+        "ROLE_NOT_ASSUMABLE",
+        "AccessDenied",
+        "not authorized to perform sts:AssumeRole",
+        name="payments-prod",
+    ),
+    gap("333333333333", "eu-central-2", "REGION_DENIED", "UnauthorizedOperation", "denied by SCP"),
+    gap("333333333333", "ap-southeast-1", "THROTTLED", "RequestLimitExceeded", "Request limit exceeded."),
+    gap(
+        "444444444444", None, "TASK_FAILED", "NoStatus", "the account's task ended without reporting a status"
+    ),
+    gap("555555555555", "us-west-2", "ERROR"),
+]
+
+
+def test_complete_run_names_csv_rows_coverage_and_regions() -> None:
+    text = message(summary())
+    assert CSV_URI in text
+    assert MANIFEST_URI in text
+    assert "1234" in text
+    assert "3 of 3 covered" in text
+    assert "51 scanned" in text
+    assert "6 not enabled" in text
+    assert "Complete: yes" in text
+    assert LATEST_URI in text
+    assert "Not covered" not in text
+    assert RUN_ID in text
+    assert "2024-03-01" in text
+
+
+def test_incomplete_run_lists_every_gap_with_status_and_error_code() -> None:
+    text = message(
+        summary(
+            accounts_covered=1, accounts_expected=4, run_complete=False, snapshot_complete=False, gaps=GAPS
+        )
+    )
+    assert "1 of 4 covered" in text
+    assert "Complete: no" in text
+    assert f"Not covered ({len(GAPS)})" in text
+    lines = text.splitlines()
+    for entry in GAPS:
+        where = entry["account"] + (f" {entry['region']}" if entry["region"] else "")
+        (line,) = [ln for ln in lines if ln.strip().startswith(f"- {where}")]
+        assert entry["status"] in line
+        if "error" in entry:
+            assert entry["error"]["code"] in line
+            assert entry["error"]["message"] in line
+    assert "payments-prod" in text
+
+
+def test_a_gap_without_error_still_shows_its_status() -> None:
+    text = message(summary(gaps=[gap("555555555555", "us-west-2", "ERROR")]))
+    assert "  - 555555555555 us-west-2: ERROR" in text.splitlines()
+
+
+def test_a_gap_with_only_a_code() -> None:
+    text = message(summary(gaps=[gap("555555555555", "us-west-2", "THROTTLED", "Throttling")]))
+    assert "  - 555555555555 us-west-2: THROTTLED - Throttling" in text.splitlines()
+
+
+def test_many_gaps_are_capped_and_point_to_the_manifest() -> None:
+    gaps = [gap("666666666666", f"region-{n}", "ERROR", "InternalError") for n in range(MAX_GAPS_LISTED + 20)]
+    text = message(summary(gaps=gaps, gap_count=len(gaps) + 30))
+    assert f"Not covered ({len(gaps) + 30})" in text
+    assert text.count("InternalError") == MAX_GAPS_LISTED
+    assert f"and more: see {MANIFEST_URI}" in text
+
+
+def test_not_written_says_why() -> None:
+    reason = (
+        "a complete snapshot for this date already exists (run scheduled__x); trigger with overwrite=true"
+    )
+    text = message(summary(written=False, decision_reason=reason, latest_updated=False))
+    assert "not rewritten by this run" in text
+    assert reason in text
+    assert CSV_URI in text
+    assert LATEST_URI not in text
+
+
+def test_written_names_the_reason_too() -> None:
+    reason = "replaces a partial snapshot (run x) with a more complete one"
+    assert reason in message(summary(decision_reason=reason))
+
+
+@pytest.mark.parametrize(("complete", "state"), [(True, "complete"), (False, "INCOMPLETE")])
+def test_subject(complete: bool, state: str) -> None:
+    title = subject(summary(snapshot_complete=complete))
+    assert title == f"EC2 inventory 2024-03-01: 1234 instances, {state}"
+    assert len(title) <= SNS_SUBJECT_MAX
+
+
+@pytest.mark.parametrize("ds", ["2024-03-01", "x" * 200])
+@pytest.mark.parametrize("rows", [0, 10**30])
+def test_subject_is_at_most_100_characters(ds: str, rows: int) -> None:
+    assert SNS_SUBJECT_MAX == 100
+    title = subject(summary(ds=ds, row_count=rows, snapshot_complete=False))
+    assert 0 < len(title) <= 100
+    assert "\n" not in title
+
+
+def test_failure_message_names_task_and_account() -> None:
+    text = failure_message(
+        "scan_account", "222222222222 (payments-prod)", RUN_ID, 3, "AccessDenied: not authorized"
+    )
+    assert "scan_account" in text
+    assert "222222222222 (payments-prod)" in text
+    assert RUN_ID in text
+    assert "try 3" in text
+    assert "AccessDenied: not authorized" in text
+
+
+def test_failure_message_without_account() -> None:
+    text = failure_message("merge_inventory", "", RUN_ID, 1, "boom")
+    assert "merge_inventory failed" in text
+    assert "for account" not in text
+    assert "boom" in text
