@@ -15,7 +15,7 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
-SESSION_NAME_RE = re.compile(r"[^\w+=,.@-]")
+SESSION_NAME_RE = re.compile(r"[^\w+=,.@-]", re.ASCII)  # AWS's \w is ASCII: "é" or "١" is refused
 CHAINED_ROLE_MAX_SECONDS = 3600
 
 _BOTOCORE_LOCK = threading.Lock()
