@@ -115,7 +115,8 @@ class CrossAccountHook(AwsBaseHook):
     def client_config(self) -> Config:
         """One botocore Config for every client: standard retries, enough pooled connections."""
         ours = Config(
-            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            # total_max_attempts counts the first attempt; botocore's "max_attempts" counts retries only.
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
             max_pool_connections=self.max_pool_connections,
             connect_timeout=10,
             read_timeout=60,

@@ -83,19 +83,19 @@ def test_hub_identity_and_masking_work_outside_a_task() -> None:
 def test_one_assume_role_per_account_from_many_threads() -> None:
     hook = CrossAccountHook(account_id=TARGET, max_pool_connections=16)
     calls = assume_role_calls(hook)
-    requests = [(service, region) for service in SERVICES for region in REGIONS] * 4
-    barrier = threading.Barrier(16)
+    keys = [(service, region) for service in SERVICES for region in REGIONS]
+    threads = 12
+    start = threading.Barrier(threads)
 
-    def get(key: tuple[str, str]) -> tuple[tuple[str, str], Any]:
-        try:
-            barrier.wait(timeout=5)
-        except threading.BrokenBarrierError:
-            pass
-        return key, hook.client(*key)
+    def worker(offset: int) -> list[tuple[tuple[str, str], Any]]:
+        start.wait(timeout=30)  # every thread asks for its first client at the same moment
+        order = keys[offset % len(keys) :] + keys[: offset % len(keys)]
+        return [(key, hook.client(*key)) for key in order]
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        got = list(pool.map(get, requests))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        got = [item for items in pool.map(worker, range(threads)) for item in items]
 
+    assert len(got) == threads * len(keys)
     assert len(calls) == 1
     assert calls.params[0]["RoleArn"] == f"arn:aws:iam::{TARGET}:role/CMDBDiscovery"
     by_key: dict[tuple[str, str], set[int]] = {}
