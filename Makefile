@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo test lint format bench clean browser
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -22,9 +22,22 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m include.cmdb_inventory.demo
 
+## Benchmarks (minutes): engine, 2015 baseline, floor, real scheduler, merge, parse -> BENCHMARKS.md.
+## BENCH_ARGS='--profile quick' for smaller worlds; '--only merge,parse' for some of it.
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 ## Lint, format check, IAM template lint, then every test layer.
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(PY) -m pytest -n 2 --dist loadgroup -p no:cacheprovider $(PYTEST_ARGS)
+
+## Headless Chromium for the UI test: Debian's package when missing (as root, or with sudo -n).
+browser:
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || { \
+	  echo "installing Debian's chromium for the browser test"; S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  $$S env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+	  || echo "warning: chromium not installed: the browser test will be skipped"; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -7,8 +7,10 @@ every EC2 instance in every enabled region, merge everything into one CSV in S3
 CMDB team on SNS, and fail the run when coverage is short, after the CSV and notification are out.
 
 Configuration: the Airflow Variable `cmdb_ec2_inventory` (JSON), read at run time. Params:
-`accounts` (override the account list for a manual run), `overwrite` (replace a complete snapshot).
-See the project's README for every key, the IAM roles and the output contract.
+`accounts` (override the account list for a manual run), `overwrite` (replace a complete snapshot),
+`mode` (`preflight`: check every account's role and regions, write no snapshot). The snapshot is the
+Asset `cmdb_ec2_inventory_snapshot`: schedule a CMDB import DAG on it. See the project's README for
+every key, the IAM roles and the output contract.
 """
 
 from __future__ import annotations
@@ -18,13 +20,28 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (
+    CronTriggerTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    SyncCallback,
+    dag,
+    get_current_context,
+    task,
+)
 
-from include.cmdb_inventory.alerts import TaskFailureNotifier
+from include.cmdb_inventory.alerts import TaskFailureNotifier, deadline_missed
+from include.cmdb_inventory.assets import SNAPSHOT_ALIAS
 
 # Deployment knobs that must be known when the DAG is parsed (environment only, never Variables).
 MAX_ACTIVE_ACCOUNTS = int(os.environ.get("CMDB_EC2_INVENTORY_MAX_ACTIVE_ACCOUNTS", "16"))
+# The Airflow pool of the account scans, which bounds them across runs (create it first: see the README).
+SCAN_POOL = os.environ.get("CMDB_EC2_INVENTORY_POOL", "default_pool")
 RETRY_DELAY = timedelta(seconds=int(os.environ.get("CMDB_EC2_INVENTORY_RETRY_DELAY_SECONDS", "120")))
+# Alert the topic when a run has not succeeded this long after it was queued (the nightly run: 02:00);
+# 0 turns the alert off (as for `airflow dags test`, which cannot run a DAG that has one: see the README).
+DEADLINE_MINUTES = float(os.environ.get("CMDB_EC2_INVENTORY_DEADLINE_MINUTES", "240"))
 
 
 @dag(
@@ -33,6 +50,14 @@ RETRY_DELAY = timedelta(seconds=int(os.environ.get("CMDB_EC2_INVENTORY_RETRY_DEL
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=2,
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=DEADLINE_MINUTES),
+        callback=SyncCallback(deadline_missed, kwargs={"minutes": DEADLINE_MINUTES}),
+        name="cmdb_ec2_inventory not finished",
+    )
+    if DEADLINE_MINUTES > 0
+    else None,
     doc_md=__doc__,
     tags=["cmdb", "aws", "ec2", "inventory"],
     default_args={
@@ -55,6 +80,13 @@ RETRY_DELAY = timedelta(seconds=int(os.environ.get("CMDB_EC2_INVENTORY_RETRY_DEL
             type="boolean",
             description="Replace this date's snapshot even when it is already complete.",
         ),
+        "mode": Param(
+            "inventory",
+            type="string",
+            enum=["inventory", "preflight"],
+            description="preflight: only check every account (role, enabled and allowed regions); "
+            "no scan, no snapshot.",
+        ),
     },
 )
 def cmdb_ec2_inventory() -> None:
@@ -68,7 +100,9 @@ def cmdb_ec2_inventory() -> None:
 
     @task(
         map_index_template="{{ task.op_kwargs['account']['label'] }}",
+        multiple_outputs=False,
         max_active_tis_per_dagrun=MAX_ACTIVE_ACCOUNTS,
+        pool=SCAN_POOL,
         execution_timeout=timedelta(minutes=45),
     )
     def scan_account(account: dict[str, str]) -> dict[str, Any]:
@@ -76,11 +110,19 @@ def cmdb_ec2_inventory() -> None:
 
         return runtime.scan(get_current_context(), account)
 
-    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=60))
-    def merge_inventory(plan: dict[str, Any]) -> dict[str, Any]:
+    @task(
+        trigger_rule="all_done",
+        multiple_outputs=False,
+        # One merge at a time across runs: two runs of one date (or two dates racing for latest/) never
+        # interleave their writes of the same keys.
+        max_active_tis_per_dag=1,
+        execution_timeout=timedelta(minutes=60),
+        outlets=[SNAPSHOT_ALIAS],  # an event for the snapshot Asset only when one was written
+    )
+    def merge_inventory() -> dict[str, Any]:
         from include.cmdb_inventory import runtime
 
-        return runtime.merge(get_current_context(), plan)
+        return runtime.merge(get_current_context())
 
     @task(execution_timeout=timedelta(minutes=5))
     def notify_cmdb(summary: dict[str, Any]) -> str:
@@ -96,8 +138,9 @@ def cmdb_ec2_inventory() -> None:
 
     accounts = resolve_accounts()
     scanned = scan_account.expand(account=accounts)
-    summary = merge_inventory(accounts["plan"])
+    summary = merge_inventory()
     scanned >> summary
+    accounts >> summary  # merge reads resolve_accounts' plan (expected accounts) itself
     notify_cmdb(summary) >> check_coverage(summary)
 
 

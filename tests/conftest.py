@@ -45,8 +45,11 @@ def _aws_error_response(
     code: str, message: str = "injected", status: int = 400, protocol: str = "ec2"
 ) -> Any:
     """An AWS error as botocore receives it: ``protocol`` is ``ec2`` (EC2's XML) or ``query`` (STS, IAM)."""
+    from xml.sax.saxutils import escape
+
     from botocore.awsrequest import AWSResponse
 
+    code, message = escape(code), escape(message)
     if protocol == "ec2":
         body = (
             f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
@@ -147,3 +150,32 @@ def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(ExponentialBackoff, "delay_amount", delay_amount)
     return delays
+
+
+# --- pytest-xdist's --dist loadgroup under pytest 9 ---
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """
+    Make ``xdist_group`` marks group again: xdist 3.8 tags a grouped test by assigning ``item._nodeid``
+    (``path::test@group``), which pytest 9 no longer reads (node ids live in ``item._id``), so every test
+    became its own scope and "grouped" tests ran in parallel on different workers. No-op when xdist's own
+    suffix took effect, or without ``--dist loadgroup``.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # an older pytest, where xdist's own suffix works
+        return
+    for item in items:
+        names = sorted(
+            {
+                str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                for m in item.iter_markers("xdist_group")
+            }
+        )
+        suffix = "@" + "_".join(names)
+        if names and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            item._id = NodeId.parse(item.nodeid + suffix)

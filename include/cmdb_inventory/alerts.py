@@ -1,4 +1,4 @@
-"""Task failure alerts to the CMDB topic, through the Amazon provider's SNS notifier."""
+"""Task failure and missed-deadline alerts to the CMDB topic, through the Amazon provider's SNS."""
 
 from __future__ import annotations
 
@@ -68,3 +68,44 @@ class TaskFailureNotifier(BaseNotifier):
             ).notify(context)
         except Exception:
             log.exception("Could not publish the failure alert:\n%s", text)
+
+
+def deadline_message(dag_run: dict[str, Any], deadline: dict[str, Any], minutes: float) -> str:
+    """The text of a missed-deadline alert: which run, its state now, and when it was due."""
+    return (
+        f"cmdb_ec2_inventory: run {dag_run.get('dag_run_id', '?')} has not finished by its deadline.\n"
+        f"Logical date: {dag_run.get('logical_date') or '-'}; queued at {dag_run.get('queued_at') or '-'}; "
+        f"state now: {dag_run.get('state', '?')}.\n"
+        f"Deadline: {deadline.get('deadline_time', '?')} ({minutes:g} minutes after the run was queued).\n"
+        "The CMDB's CSV for this date may be missing or incomplete: check the run in the Airflow UI."
+    )
+
+
+def deadline_missed(context: dict[str, Any], minutes: float = 0.0) -> None:
+    """
+    Deadline Alert callback (a ``SyncCallback``, run by the executor like a task): the run has not
+    succeeded ``minutes`` after it was queued. Publishes to ``sns_topic_arn`` (or logs without one).
+
+    Airflow passes ``context`` with the run (``dag_run``, as the REST API shows it) and the ``deadline``.
+    A publishing error is raised, so the callback shows as failed in Airflow.
+    """
+    dag_run = dict(context.get("dag_run") or {})
+    text = deadline_message(dag_run, dict(context.get("deadline") or {}), minutes)
+    try:
+        from include.cmdb_inventory.runtime import settings_from
+
+        settings = settings_from({})
+    except Exception as err:
+        log.error("Cannot read the configuration to send the deadline alert (%s):\n%s", err, text)
+        return
+    if not settings.sns_topic_arn:
+        log.error("No sns_topic_arn configured; deadline alert:\n%s", text)
+        return
+    from airflow.providers.amazon.aws.hooks.sns import SnsHook
+
+    SnsHook(aws_conn_id=settings.aws_conn_id, region_name=settings.hub_region).publish_to_target(
+        target_arn=settings.sns_topic_arn,
+        message=text,
+        subject=f"cmdb_ec2_inventory: run {dag_run.get('dag_run_id', '?')} missed its deadline"[:100],
+    )
+    log.warning("Deadline missed; alerted %s:\n%s", settings.sns_topic_arn, text)

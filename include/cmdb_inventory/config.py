@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from include.cmdb_inventory.organizations import OrganizationsSettings
 
 VARIABLE_KEY = "cmdb_ec2_inventory"
 
@@ -24,6 +28,12 @@ KMS_KEY_RE = re.compile(
 )
 CONN_ID_RE = re.compile(r"^[\w.-]{1,250}\Z", re.ASCII)
 ACCOUNT_NAME_MAX = 256
+# AssumeRole's limits: SourceIdentity 2-64 of [\w+=,.@-]; at most 50 session tags, keys 1-128 and values
+# 0-256 characters of [\p{L}\p{Z}\p{N}_.:/=+\-@], keys unique regardless of case and not starting aws:.
+SOURCE_IDENTITY_RE = re.compile(r"^[\w+=,.@-]{2,64}\Z", re.ASCII)
+SESSION_TAGS_MAX = 50
+SESSION_TAG_KEY_MAX = 128
+SESSION_TAG_VALUE_MAX = 256
 
 INSTANCE_STATES = ("pending", "running", "shutting-down", "stopping", "stopped", "terminated")
 DEFAULT_INSTANCE_STATES = tuple(s for s in INSTANCE_STATES if s != "terminated")
@@ -80,6 +90,11 @@ class Settings:
     region_threads: int = 8
     max_attempts: int = 8
     denied_regions_fail_coverage: bool = True
+    source_identity: str | None = None
+    session_tags: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+    parquet: bool = False  # also write the snapshot as Parquet (formats.py)
+    organizations: OrganizationsSettings | None = None  # discover accounts at run time (resolve_accounts)
+    accounts_from_params: bool = False  # the run's Params replaced the account list (no discovery)
 
     def account(self, account_id: str) -> Account:
         """The configured account with this id."""
@@ -107,15 +122,19 @@ _KNOWN_KEYS = {
     "region_threads",
     "max_attempts",
     "denied_regions_fail_coverage",
+    "source_identity",
+    "session_tags",
+    "parquet",
+    "organizations",
 }
 
 
 @cache
 def known_regions() -> frozenset[str]:
     """Every region botocore knows, in every partition."""
-    import botocore.session
+    from cmdb_inventory_aws.hooks import shared_botocore_session  # botocore's data parsed once per process
 
-    session = botocore.session.get_session()
+    session = shared_botocore_session()
     regions: set[str] = set()
     for partition in session.get_available_partitions():
         regions.update(
@@ -154,6 +173,48 @@ def _boolean(raw: Mapping[str, Any], key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(key, f"must be true or false, got {_short(value)}")
     return value
+
+
+def _tag_text_ok(text: str) -> bool:
+    """Whether every character is one AWS allows in a session tag: letters, digits, spaces, ``_.:/=+-@``."""
+    return all(unicodedata.category(c)[0] in "LNZ" or c in "_.:/=+-@" for c in text)
+
+
+def _session_tags(raw: Mapping[str, Any], key: str = "session_tags") -> tuple[tuple[str, str], ...]:
+    value = raw.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be an object of tag keys to string values, got {_short(value)}")
+    if len(value) > SESSION_TAGS_MAX:
+        raise ConfigError(key, f"has {len(value)} tags; AWS allows at most {SESSION_TAGS_MAX}")
+    seen: set[str] = set()
+    for tag, tag_value in value.items():
+        if (
+            not isinstance(tag, str)
+            or not 1 <= len(tag) <= SESSION_TAG_KEY_MAX
+            or not _tag_text_ok(tag)
+            or tag.lower().startswith("aws:")
+        ):
+            raise ConfigError(
+                key,
+                f"tag key {_short(tag)} is not valid: 1-{SESSION_TAG_KEY_MAX} letters, digits, spaces or "
+                "_.:/=+-@, not starting with aws:",
+            )
+        if (
+            not isinstance(tag_value, str)
+            or len(tag_value) > SESSION_TAG_VALUE_MAX
+            or not _tag_text_ok(tag_value)
+        ):
+            raise ConfigError(
+                key,
+                f"the value of tag {_short(tag)} must be a string of at most {SESSION_TAG_VALUE_MAX} "
+                f"letters, digits, spaces or _.:/=+-@, got {_short(tag_value)}",
+            )
+        if tag.lower() in seen:
+            raise ConfigError(key, f"duplicate tag key {_short(tag)} (AWS compares tag keys ignoring case)")
+        seen.add(tag.lower())
+    return tuple(sorted(value.items()))
 
 
 def _region_list(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -223,10 +284,21 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         raise ConfigError(str(unknown[0]), "unknown key (check the spelling; see the README)")
     params = params or {}
 
+    organizations = None
+    if raw.get("organizations") is not None:
+        from include.cmdb_inventory.organizations import parse_organizations
+
+        static = raw.get("accounts")
+        static_accounts = parse_accounts(static) if static not in (None, []) else ()
+        organizations = parse_organizations(raw["organizations"], [a.id for a in static_accounts])
     if params.get("accounts"):
         accounts = parse_accounts(params["accounts"], key="params.accounts")
+    elif organizations is not None:
+        accounts = static_accounts
     elif "accounts" not in raw:
-        raise ConfigError("accounts", "is required")
+        raise ConfigError(
+            "accounts", "is required unless 'organizations' is set: list the accounts, or discover them"
+        )
     else:
         accounts = parse_accounts(raw["accounts"])
 
@@ -269,4 +341,9 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         region_threads=_integer(raw, "region_threads", 8, 1, 64),
         max_attempts=_integer(raw, "max_attempts", 8, 1, 20),
         denied_regions_fail_coverage=_boolean(raw, "denied_regions_fail_coverage", True),
+        source_identity=_string(raw, "source_identity", SOURCE_IDENTITY_RE),
+        session_tags=_session_tags(raw),
+        parquet=_boolean(raw, "parquet", False),
+        organizations=organizations,
+        accounts_from_params=bool(params.get("accounts")),
     )

@@ -93,8 +93,14 @@ def blog_world() -> World:
 
 def check_loopback(endpoint_url: str) -> None:
     """Refuse anything but a local emulator: this module must never touch real AWS."""
+    import ipaddress
+
     host = urlparse(endpoint_url).hostname or ""
-    if host not in LOOPBACK_HOSTS and not host.startswith("127."):
+    try:
+        loopback = host in LOOPBACK_HOSTS or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a DNS name such as 127.0.0.1.example.com: it could resolve anywhere
+        loopback = False
+    if not loopback:
         raise ValueError(f"refusing to seed {endpoint_url!r}: only a loopback emulator may be seeded")
 
 
@@ -208,6 +214,57 @@ def seed(endpoint_url: str, world: World | None = None) -> dict[str, Any]:
         "queue_url": queue_url,
         "instances": instances,
     }
+
+
+def seed_organization(
+    endpoint_url: str,
+    world: World,
+    ous: dict[str, list[str]] | None = None,
+    suspended: Iterable[str] = (),
+) -> dict[str, Any]:
+    """
+    Create ``world`` as an AWS Organization on moto, with the payer (:data:`PAYER`) as management account.
+
+    moto chooses new accounts' ids itself, so every other account is created under a new id: seed the
+    returned ``world`` (re-keyed, same names and servers) with :func:`seed`. ``ous`` maps OU paths
+    (``"Workloads/Prod"``; parents are created as needed) to the world's account ids moved there;
+    ``suspended`` are world account ids closed (moto makes them ``SUSPENDED`` at once). Returns ``world``,
+    ``ids`` (world id -> organisation id), ``ous`` (path -> OU id) and ``root_id``.
+    """
+    payer = session_in(endpoint_url, PAYER)
+    org = payer.client("organizations", endpoint_url=endpoint_url)
+    org.create_organization(FeatureSet="ALL")
+    root_id = org.list_roots()["Roots"][0]["Id"]
+
+    ids: dict[str, str] = {}
+    for account_id, name in world.accounts.items():
+        if account_id == PAYER:
+            ids[account_id] = PAYER
+            continue
+        status = org.create_account(AccountName=name or account_id, Email=f"aws+{account_id}@example.com")
+        ids[account_id] = status["CreateAccountStatus"]["AccountId"]
+
+    ou_ids: dict[str, str] = {}
+    for path in sorted(ous or {}):
+        parent = root_id
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            if sub not in ou_ids:
+                ou_ids[sub] = org.create_organizational_unit(ParentId=parent, Name=parts[depth - 1])[
+                    "OrganizationalUnit"
+                ]["Id"]
+            parent = ou_ids[sub]
+        for account_id in (ous or {})[path]:
+            org.move_account(AccountId=ids[account_id], SourceParentId=root_id, DestinationParentId=parent)
+    for account_id in suspended:
+        org.close_account(AccountId=ids[account_id])
+
+    rekeyed = World(
+        accounts={ids[a]: n for a, n in world.accounts.items()},
+        servers={ids[a]: list(s) for a, s in world.servers.items()},
+    )
+    return {"world": rekeyed, "ids": ids, "ous": ou_ids, "root_id": root_id}
 
 
 def demo_connection(endpoint_url: str) -> dict[str, Any]:

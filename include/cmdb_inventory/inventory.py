@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from include.cmdb_inventory import coverage
-from include.cmdb_inventory.config import Account, Settings
+from include.cmdb_inventory import changes, coverage, formats
+from include.cmdb_inventory.config import Account, ConfigError, Settings
 from include.cmdb_inventory.records import COLUMNS, SCHEMA_VERSION, iso_utc
 from include.cmdb_inventory.storage import (
     CSV_NAME,
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_GAPS_IN_XCOM = 100
+STATUS_READERS = 16  # merge reads the accounts' status documents this many at a time, not one by one
+# Every EC2 call of the inventory (and all that CMDBDiscovery allows): its EC2 clients know only these.
+EC2_OPERATIONS = ("DescribeInstances", "DescribeRegions")
 
 
 class CoverageError(RuntimeError):
@@ -51,16 +55,32 @@ class RunInfo:
     try_number: int = 1
 
 
+# Printable ASCII except "%": what an S3 metadata header may carry as-is (the rest is percent-encoded).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_safe(text: str) -> str:
+    """User text (a run id) made safe for an S3 metadata header: no non-ASCII, no CR/LF; reversible."""
+    from urllib.parse import quote
+
+    return quote(text, safe=_HEADER_SAFE)
+
+
 def now_utc() -> str:
     """Collection time, ISO-8601 UTC."""
     return iso_utc(datetime.now(tz=UTC))
 
 
 def store_for(settings: Settings) -> SnapshotStore:
-    """The S3 store, through the provider's S3 hook (so connection extras apply)."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    """
+    The S3 store, through the provider's hook machinery (so connection extras apply), on the process's one
+    hub session (``HubHook``: what ``S3Hook(...).get_conn()`` gives, without another AssumeRole).
+    """
+    from cmdb_inventory_aws.hooks import HubHook
 
-    client = S3Hook(aws_conn_id=settings.aws_conn_id, region_name=settings.hub_region).get_conn()
+    client = HubHook(
+        aws_conn_id=settings.aws_conn_id, region_name=settings.hub_region, client_type="s3"
+    ).get_conn()
     return SnapshotStore(
         client,
         settings.bucket,
@@ -80,32 +100,70 @@ def hook_for(settings: Settings, account: Account, run: RunInfo) -> CrossAccount
         session_name=role_session_name("cmdb", run.run_id),
         external_id=settings.external_id,
         duration_seconds=settings.session_duration_seconds,
+        source_identity=settings.source_identity,
+        session_tags=dict(settings.session_tags),
         max_attempts=settings.max_attempts,
         max_pool_connections=max(10, settings.region_threads),
         aws_conn_id=settings.aws_conn_id,
         region_name=settings.hub_region,
+        ec2_operations=EC2_OPERATIONS,
     )
 
 
+def check_session_duration(settings: Settings, run: RunInfo) -> None:
+    """
+    Refuse up front (before any account is scanned) a ``session_duration_seconds`` above one hour when the
+    hub identity is itself an assumed role: AWS caps role chaining at one hour.
+    """
+    from cmdb_inventory_aws.hooks import CHAINED_ROLE_MAX_SECONDS, SessionDurationError
+
+    if settings.session_duration_seconds <= CHAINED_ROLE_MAX_SECONDS:
+        return
+    anchor = settings.accounts[0] if settings.accounts else Account(id="000000000000")
+    try:
+        hook_for(settings, anchor, run).check_session_duration()
+    except SessionDurationError as err:
+        raise ConfigError("session_duration_seconds", str(err)) from None
+
+
 def resolve_accounts(
-    settings: Settings, run: RunInfo, store: SnapshotStore, overwrite: bool
+    settings: Settings,
+    run: RunInfo,
+    store: SnapshotStore,
+    overwrite: bool,
+    *,
+    preflight: bool = False,
+    org_client: Any = None,
 ) -> dict[str, Any]:
     """
-    The accounts to map over. When the date already has a complete snapshot and the run does not ask to
-    overwrite it, nothing is scanned (the list is empty) and the reason is returned.
+    The accounts to map over: the static list and/or AWS Organizations (asked here, at run time). When the
+    date already has a complete snapshot and the run does not ask to overwrite it, nothing is scanned (the
+    list is empty) and the reason is returned; a preflight run always checks every expected account.
+    ``expected_accounts`` (with each account's source) and ``not_scanned`` (with why) go to the manifest.
     """
+    from cmdb_inventory_aws.hooks import role_session_name
+    from include.cmdb_inventory.organizations import resolve as discover
+
     store.check_bucket()
-    accounts = [a.to_dict() for a in settings.accounts]
-    existing = store.get_json(store.layout.snapshot(run.ds, MANIFEST_NAME))
+    check_session_duration(settings, run)
+    found = discover(settings, org_client, role_session_name("cmdb-org", run.run_id))
+    accounts = [a.to_dict() for a in found.accounts]
+    plan = {
+        "expected": accounts,
+        "expected_accounts": found.expected(),
+        "not_scanned": found.not_scanned,
+        "accounts_source": found.source,
+    }
+    existing = None if preflight else store.get_json(store.layout.snapshot(run.ds, MANIFEST_NAME))
     if existing and existing.get("complete") and not overwrite:
         reason = (
             f"a complete snapshot for {run.ds} already exists (run {existing.get('dag_run_id')}); "
             "not scanning. Trigger with overwrite=true to replace it"
         )
         log.warning("%s", reason)
-        return {"accounts": [], "expected": accounts, "skip_reason": reason}
-    log.info("Resolved %d accounts for %s", len(accounts), run.ds)
-    return {"accounts": accounts, "expected": accounts, "skip_reason": None}
+        return {"accounts": [], **plan, "skip_reason": reason}
+    log.info("Resolved %d accounts for %s (%s)", len(accounts), run.ds, found.source)
+    return {"accounts": accounts, **plan, "skip_reason": None}
 
 
 def _status_doc(run: RunInfo, account: Account, **fields: Any) -> dict[str, Any]:
@@ -224,6 +282,19 @@ def _ledger(statuses: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return entries
 
 
+def _expected_doc(expected: Sequence[Mapping[str, Any]], plan: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Manifest keys saying what should have been in the snapshot, and what was deliberately left out."""
+    plan = plan or {}
+    listed = plan.get("expected_accounts") or [
+        {"id": a["id"], "name": a.get("name", ""), "source": "accounts"} for a in expected
+    ]
+    return {
+        "accounts_source": plan.get("accounts_source") or "accounts",
+        "expected_accounts": sorted(listed, key=lambda a: a["id"]),
+        "accounts_not_scanned": sorted(plan.get("not_scanned") or [], key=lambda a: a["id"]),
+    }
+
+
 def merge_inventory(
     settings: Settings,
     run: RunInfo,
@@ -232,9 +303,11 @@ def merge_inventory(
     *,
     overwrite: bool = False,
     skip_reason: str | None = None,
+    plan: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     Stream every reported part into the CSV, write the manifest with the whole ledger, then ``latest/``.
+    ``plan`` (from resolve) adds the expected account list and the accounts not scanned to the manifest.
 
     A date's snapshot is only replaced by a better one (or when the run asks to overwrite it); a failed
     upload leaves the previous snapshot and ``latest/`` as they were.
@@ -247,8 +320,9 @@ def merge_inventory(
 
     statuses: list[dict[str, Any]] = []
     if not skip_reason:
-        for account in accounts:
-            doc = store.get_json(layout.status(staging, account.id))
+        with ThreadPoolExecutor(max_workers=STATUS_READERS, thread_name_prefix="merge-status") as pool:
+            docs = list(pool.map(store.get_json, [layout.status(staging, a.id) for a in accounts]))
+        for account, doc in zip(accounts, docs, strict=True):
             if doc is None:
                 doc = _status_doc(
                     run,
@@ -295,30 +369,54 @@ def merge_inventory(
             for d in statuses
         ],
         "coverage": entries,
+        **_expected_doc(expected, plan),
     }
 
     if skip_reason:
         write, reason = False, skip_reason
     else:
         store.put_json(f"{staging}/{MANIFEST_NAME}", manifest)
-        write, reason = decide_write(existing, snapshot_rank(manifest), overwrite)
+        write, reason = decide_write(existing, snapshot_rank(manifest), overwrite, run.run_id)
 
     latest_updated = False
     if write:
         with spool() as csv_file:
             sha256 = store.merge_parts(parts, csv_file)
             manifest["csv_sha256"] = sha256
-            metadata = {"dag-run-id": run.run_id[:200], "sha256": sha256, "rows": str(row_count)}
+            # The CSV first: a failed upload leaves nothing new under ds=. Then changes.csv, Parquet and the
+            # Athena symlinks, made from the same merged file; the manifest, written last, commits them all.
+            metadata = {"dag-run-id": header_safe(run.run_id)[:200], "sha256": sha256, "rows": str(row_count)}
             store.upload_csv(csv_file, csv_key, metadata)
+            csv_file.seek(0)
+            manifest["changes"] = changes.write_changes(store, run.ds, manifest, csv_file)
+            csv_file.seek(0)
+            extra = formats.write_formats(store, run.ds, manifest, csv_file, parquet=settings.parquet)
+            manifest.update(extra)
         store.put_json(manifest_key, manifest)
-        latest = store.get_json(layout.latest(MANIFEST_NAME))
-        if latest is None or str(latest.get("ds", "")) <= run.ds:
-            store.copy(csv_key, layout.latest(CSV_NAME))
-            store.put_json(layout.latest(MANIFEST_NAME), manifest)
-            latest_updated = True
         log.info("Wrote %s (%d rows): %s", store.uri(csv_key), row_count, reason)
     else:
         log.warning("Did not write %s: %s", store.uri(csv_key), reason)
+
+    # latest/ follows the newest date's snapshot; this also repairs a latest/ that an earlier attempt of
+    # this date failed to update (the date's snapshot was written, the copy was not).
+    snapshot = manifest if write else existing
+    if snapshot is not None:
+        latest = store.get_json(layout.latest(MANIFEST_NAME))
+        newer = latest is None or str(latest.get("ds", "")) < run.ds
+        stale = (
+            latest is not None
+            and str(latest.get("ds", "")) == run.ds
+            and (
+                latest.get("dag_run_id"),
+                latest.get("csv_sha256"),
+            )
+            != (snapshot.get("dag_run_id"), snapshot.get("csv_sha256"))
+        )
+        if newer or stale:
+            store.copy(csv_key, layout.latest(CSV_NAME))
+            formats.publish_latest(store, snapshot)
+            store.put_json(layout.latest(MANIFEST_NAME), snapshot)
+            latest_updated = True
 
     current = manifest if write else (existing or manifest)
     gaps = coverage.summarise(current.get("coverage", []), settings.denied_regions_fail_coverage)["gaps"]
@@ -340,14 +438,17 @@ def merge_inventory(
         "snapshot_complete": bool(current.get("complete")),
         "gap_count": len(gaps),
         "gaps": gaps[:MAX_GAPS_IN_XCOM],
+        "changes": current.get("changes"),
+        "parquet_uri": (current.get("parquet") or {}).get("uri"),
     }
 
 
 def notify_cmdb(settings: Settings, summary: Mapping[str, Any]) -> str:
     """Publish the summary to the CMDB team's topic (or log it when no topic is configured)."""
-    from include.cmdb_inventory.notify import message, subject
+    from include.cmdb_inventory import notify, preflight
 
-    text, title = message(summary), subject(summary)
+    texts = preflight if summary.get("mode") == preflight.PREFLIGHT else notify
+    text, title = texts.message(summary), texts.subject(summary)
     if not settings.sns_topic_arn:
         log.info("No sns_topic_arn configured; the notification would be:\n%s", text)
         return text

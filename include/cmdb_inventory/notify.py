@@ -17,6 +17,43 @@ def _gap_line(gap: Mapping[str, Any]) -> str:
     return f"  - {where}{name}: {gap['status']}" + (f" - {reason}" if reason else "")
 
 
+def _change_line(change: Mapping[str, Any]) -> str:
+    where = f"{change['account']} {change['region']} {change['instance_id']}"
+    name = f" ({change['name']})" if change.get("name") else ""
+    line = f"  {change['change']:<8} {where}{name}"
+    if change.get("field"):
+        old, new = change.get("old_value") or "(empty)", change.get("new_value") or "(empty)"
+        line += f" {change['field']}: {old} -> {new}"
+    if change.get("reason"):
+        line += f" [{change['reason']}]"
+    return line
+
+
+def _change_lines(changes: Mapping[str, Any] | None) -> list[str]:
+    """Counts and the first changes since the previous complete snapshot (changes.csv has them all)."""
+    if not changes:
+        return []
+    if changes.get("status") != "COMPARED":
+        return ["", f"Changes:  none listed: {changes.get('detail', '')}", f"          {changes['uri']}"]
+    lines = [
+        "",
+        f"Changes since {changes['previous_ds']}: {changes['added']} added, {changes['removed']} removed, "
+        f"{changes['changed']} changed, {changes['not_verified']} not verified",
+        f"          {changes['uri']}",
+    ]
+    top = changes.get("top") or []
+    lines += [_change_line(c) for c in top]
+    if len(top) < changes["added"] + changes["removed"] + changes.get("changed_fields", changes["changed"]):
+        lines.append("  ... and more in changes.csv")
+    groups = changes.get("not_verified_groups") or []
+    for group in groups[:MAX_GAPS_LISTED]:
+        count = group["instances"]
+        lines.append(f"  NOT_VERIFIED {count} instance(s), not counted as removed: {group['reason']}")
+    if changes["not_verified"] > sum(g["instances"] for g in groups[:MAX_GAPS_LISTED]):
+        lines.append("  ... more not verified: see changes.csv")
+    return lines
+
+
 def subject(summary: Mapping[str, Any]) -> str:
     """A short subject line (SNS allows 100 characters)."""
     state = "complete" if summary.get("snapshot_complete") else "INCOMPLETE"
@@ -43,6 +80,9 @@ def message(summary: Mapping[str, Any]) -> str:
         lines.append(f"Why:      {summary['decision_reason']}")
     if summary.get("latest_updated"):
         lines.append(f"Latest:   {summary['latest_uri']}")
+    if summary.get("parquet_uri"):
+        lines.append(f"Parquet:  {summary['parquet_uri']}")
+    lines += _change_lines(summary.get("changes"))
     gaps = summary.get("gaps") or []
     if gaps:
         lines += ["", f"Not covered ({summary.get('gap_count', len(gaps))}):"]

@@ -30,10 +30,31 @@ class RegionPlan:
 @cache
 def partition_regions(partition: str) -> tuple[str, ...]:
     """botocore's list of EC2 regions for one partition."""
+    from cmdb_inventory_aws.hooks import shared_botocore_session  # botocore's data parsed once per process
+
+    session = shared_botocore_session()
+    return tuple(sorted(session.get_available_regions("ec2", partition_name=partition)))
+
+
+@cache
+def region_partition(region: str) -> str | None:
+    """
+    The partition of a region name: botocore's region lists first, then each partition's name pattern, so
+    a region AWS opened after this botocore was released still lands in its partition (not dropped).
+    """
+    from botocore.exceptions import UnknownRegionError
+
+    try:
+        return str(_botocore_session().get_partition_for_region(region))
+    except UnknownRegionError:
+        return None
+
+
+@cache
+def _botocore_session() -> Any:
     import botocore.session
 
-    session = botocore.session.get_session()
-    return tuple(sorted(session.get_available_regions("ec2", partition_name=partition)))
+    return botocore.session.get_session()
 
 
 def _select(candidates: list[str], regions: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
@@ -53,7 +74,6 @@ def plan_regions(
     """
     from botocore.exceptions import ClientError
 
-    in_partition = set(partition_regions(partition))
     try:
         answer = ec2.describe_regions(AllRegions=True)["Regions"]
     except ClientError as err:
@@ -73,7 +93,7 @@ def plan_regions(
     skipped: list[dict[str, Any]] = []
     for item in answer:
         name = item["RegionName"]
-        if name not in in_partition:
+        if region_partition(name) != partition:
             continue
         status = item.get("OptInStatus", "opt-in-not-required")
         if status in ENABLED_OPT_IN:
@@ -86,7 +106,7 @@ def plan_regions(
                     "error": {"code": "OptInStatus", "message": f"region is {status}"},
                 }
             )
-    known = {item["RegionName"] for item in answer}
+    known = {item["RegionName"] for item in answer if region_partition(item["RegionName"]) == partition}
     for name in regions:
         if name not in known and name not in exclude:
             skipped.append(

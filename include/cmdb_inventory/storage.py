@@ -11,8 +11,11 @@ import logging
 import re
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import IO, TYPE_CHECKING, Any
 
 from include.cmdb_inventory.records import COLUMNS, Record, csv_row
@@ -26,6 +29,12 @@ CSV_NAME = "ec2_inventory.csv"
 MANIFEST_NAME = "manifest.json"
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 CHUNK = 1024 * 1024
+# Parts downloaded ahead of the merge, in threads, so S3's latency overlaps; each is spooled (at most
+# CHUNK in memory, the rest on disk), so memory does not grow with the size of the parts.
+PART_PREFETCH = 8
+# The CSV's multipart upload: chunk size, threads, and chunks held in memory (bounded: 2 x 16 MiB).
+UPLOAD_CHUNK = 16 * CHUNK
+UPLOAD_THREADS = 2
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -119,22 +128,39 @@ class SnapshotStore:
             args["ServerSideEncryption"] = "AES256"
         return args
 
-    def check_bucket(self) -> None:
-        """Fail clearly when the bucket is missing or owned by another account than expected."""
+    def _bucket_error(self, err: Exception) -> BucketOwnerError | None:
+        """The clear error for a 403 under ``ExpectedBucketOwner`` or a missing bucket; else ``None``."""
+        code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("403", "AccessDenied") and self.expected_bucket_owner:
+            return BucketOwnerError(
+                f"bucket {self.bucket!r} is not owned by the expected account "
+                f"{self.expected_bucket_owner} (or access is denied): refusing to write"
+            )
+        if code in ("404", "NoSuchBucket"):
+            return BucketOwnerError(f"bucket {self.bucket!r} does not exist")
+        return None
+
+    def _first_key(self, prefix: str) -> str | None:
+        """The first key under ``prefix`` (owner-checked); a clear error for a foreign or missing bucket."""
         from botocore.exceptions import ClientError
 
         try:
-            self.s3.head_bucket(Bucket=self.bucket, **self.owner_args)
+            response = self.s3.list_objects_v2(
+                Bucket=self.bucket, Prefix=prefix, MaxKeys=1, **self.owner_args
+            )
         except ClientError as err:
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            if code in ("403", "AccessDenied") and self.expected_bucket_owner:
-                raise BucketOwnerError(
-                    f"bucket {self.bucket!r} is not owned by the expected account "
-                    f"{self.expected_bucket_owner} (or access is denied): refusing to write"
-                ) from None
-            if code in ("404", "NoSuchBucket"):
-                raise BucketOwnerError(f"bucket {self.bucket!r} does not exist") from None
-            raise
+            raise self._bucket_error(err) or err from None
+        contents = response.get("Contents") or [{}]
+        return contents[0].get("Key")
+
+    def check_bucket(self) -> None:
+        """
+        Fail clearly when the bucket is missing or owned by another account than expected.
+
+        A ``ListObjectsV2`` of our own prefix, not ``HeadBucket``: the hub role may list the bucket only
+        under its prefix (an ``s3:prefix`` condition), and ``HeadBucket`` carries no prefix.
+        """
+        self._first_key(f"{self.layout.prefix}/")
 
     def put_bytes(
         self,
@@ -167,9 +193,16 @@ class SnapshotStore:
         try:
             response = self.s3.get_object(Bucket=self.bucket, Key=key, **self.owner_args)
         except ClientError as err:
-            if str(err.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+            code = str(err.response.get("Error", {}).get("Code"))
+            if code in ("NoSuchKey", "404"):
                 return None
-            raise
+            # S3 answers 403, not 404, for a missing key when the caller's s3:ListBucket does not cover
+            # it; the hub's does only under the prefix. Listing this key (it sorts first) tells them apart.
+            if code not in ("AccessDenied", "403"):
+                raise
+            if self._first_key(key) != key:
+                return None
+            raise self._bucket_error(err) or err from None
         return json.loads(response["Body"].read())
 
     def write_part(self, key: str, records: Iterable[Record]) -> int:
@@ -186,18 +219,53 @@ class SnapshotStore:
         with gzip.GzipFile(fileobj=body, mode="rb") as rows:
             shutil.copyfileobj(rows, out, CHUNK)
 
+    def fetch_part(self, key: str) -> IO[bytes]:
+        """One part's compressed bytes in a spooled file (in memory up to ``CHUNK``, then on disk)."""
+        body = self.s3.get_object(Bucket=self.bucket, Key=key, **self.owner_args)["Body"]
+        buffer = tempfile.SpooledTemporaryFile(max_size=CHUNK, mode="w+b")  # noqa: SIM115 - the caller closes it
+        try:
+            shutil.copyfileobj(body, buffer, CHUNK)
+        except BaseException:
+            buffer.close()
+            raise
+        buffer.seek(0)
+        return buffer
+
     def merge_parts(self, part_keys: Iterable[str], out: IO[bytes]) -> str:
-        """Header plus every part in order into ``out``; return the SHA-256 of what was written."""
+        """
+        Header plus every part in order into ``out``; return the SHA-256 of what was written.
+
+        Parts are downloaded ``PART_PREFETCH`` ahead in threads (so the merge is not one S3 round trip
+        per account in sequence) and written strictly in order; the digest is computed while writing.
+        """
+        digest = hashlib.sha256()
+
+        def write(data: bytes) -> None:
+            digest.update(data)
+            out.write(data)
+
         header = io.StringIO()
         rows_to_csv([], header)
-        out.write(header.getvalue().encode("utf-8"))
-        for key in part_keys:
-            self.copy_part_into(key, out)
+        write(header.getvalue().encode("utf-8"))
+        keys = iter(part_keys)
+        with ThreadPoolExecutor(max_workers=PART_PREFETCH, thread_name_prefix="merge-prefetch") as pool:
+            pending: deque[Future[IO[bytes]]] = deque(
+                pool.submit(self.fetch_part, key) for key in islice(keys, PART_PREFETCH)
+            )
+            try:
+                while pending:
+                    with pending.popleft().result() as buffer:
+                        following = next(keys, None)
+                        if following is not None:
+                            pending.append(pool.submit(self.fetch_part, following))
+                        with gzip.GzipFile(fileobj=buffer, mode="rb") as rows:
+                            while chunk := rows.read(CHUNK):
+                                write(chunk)
+            finally:
+                for future in pending:  # after a failure: drop what was fetched ahead
+                    if not future.cancel() and future.exception() is None:
+                        future.result().close()
         out.flush()
-        out.seek(0)
-        digest = hashlib.sha256()
-        while chunk := out.read(CHUNK):
-            digest.update(chunk)
         out.seek(0)
         return digest.hexdigest()
 
@@ -206,10 +274,15 @@ class SnapshotStore:
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(
-            multipart_threshold=16 * CHUNK, multipart_chunksize=16 * CHUNK, max_concurrency=4
+            multipart_threshold=UPLOAD_CHUNK,
+            multipart_chunksize=UPLOAD_CHUNK,
+            max_concurrency=UPLOAD_THREADS,
         )
+        # s3transfer reads a file object (not a file name) into memory chunk by chunk and may hold 10 chunks
+        # by default (boto3 does not expose the knob): keep it to one chunk per thread.
+        config.max_in_memory_upload_chunks = UPLOAD_THREADS
         self.s3.upload_fileobj(
-            fileobj,
+            _KeepOpen(fileobj),  # s3transfer closes what it uploads; the caller still needs the file
             self.bucket,
             key,
             ExtraArgs={"ContentType": CSV_CONTENT_TYPE, "Metadata": dict(metadata), **self.write_args},
@@ -222,6 +295,34 @@ class SnapshotStore:
         # ExpectedBucketOwner is sent on the source HeadObject and on every write of the copy.
         extra: dict[str, str] = dict(self.write_args)
         self.s3.copy({"Bucket": self.bucket, "Key": source_key}, self.bucket, key, ExtraArgs=extra)
+
+
+class _KeepOpen(io.RawIOBase):
+    """A read-only view of a binary file that ignores ``close()`` (the file stays usable after upload)."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._inner.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._inner.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
 
 
 def spool() -> IO[bytes]:
@@ -238,16 +339,24 @@ def snapshot_rank(manifest: Mapping[str, Any] | None) -> tuple[int, int, int]:
 
 
 def decide_write(
-    existing: Mapping[str, Any] | None, new_rank: tuple[int, int, int], overwrite: bool
+    existing: Mapping[str, Any] | None,
+    new_rank: tuple[int, int, int],
+    overwrite: bool,
+    run_id: str | None = None,
 ) -> tuple[bool, str]:
     """
     The overwrite policy: write when there is no snapshot, when asked to (``overwrite``), or when the new
-    one is better than a partial one. A complete snapshot, or a better one, is kept.
+    one is at least as good as a partial one. Another run's complete snapshot, or a better one, is kept.
+    This run's own earlier attempt (a retried or cleared merge) is replaced when not better than the new.
     """
     if existing is None:
         return True, "no snapshot for this date yet"
     if overwrite:
         return True, "overwrite requested by the run's 'overwrite' param"
+    if run_id is not None and existing.get("dag_run_id") == run_id:
+        if new_rank >= snapshot_rank(existing):
+            return True, "replaces this run's own earlier attempt"
+        return False, "this run's earlier attempt covered more; kept it"
     if existing.get("complete"):
         return False, (
             f"a complete snapshot for this date already exists (run {existing.get('dag_run_id')}); "

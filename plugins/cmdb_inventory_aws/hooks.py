@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import re
 import threading
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import botocore.loaders
 import botocore.session
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
@@ -15,12 +19,130 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
-SESSION_NAME_RE = re.compile(r"[^\w+=,.@-]", re.ASCII)  # AWS's \w is ASCII: "é" or "١" is refused
+SESSION_NAME_RE = re.compile(r"[^\w+=,.@-]", re.ASCII)  # AWS's \w is ASCII: no "é"
 CHAINED_ROLE_MAX_SECONDS = 3600
 
 _BOTOCORE_LOCK = threading.Lock()
 _BOTOCORE_SESSION: botocore.session.Session | None = None
+_CUT_SESSIONS: dict[frozenset[str], botocore.session.Session] = {}  # sessions with EC2's model cut
 _CLIENT_LOCK = threading.Lock()  # botocore sessions are not thread-safe when creating clients
+_HUB_LOCK = threading.Lock()
+_HUB_SESSIONS: dict[str, Any] = {}  # the hub identity's boto3 session, per connection and region
+
+# At DEBUG, botocore logs request headers (key ids, session tokens), canonical requests and response bodies
+# (AssumeRole's carries the new secret key before it can be registered with the masker), and the hub's own
+# session (assumed by AwsBaseHook from the connection's role_arn) is never registered with the masker at all.
+_BOTOCORE_WIRE_LOGGERS = (
+    "botocore.auth",
+    "botocore.awsrequest",
+    "botocore.credentials",
+    "botocore.endpoint",
+    "botocore.httpsession",
+    "botocore.parsers",
+    "botocore.retryhandler",
+    "botocore.utils",
+    "urllib3.connectionpool",
+)
+_CREDENTIAL_PATTERNS = (
+    # Access key ids (long-term AKIA, temporary ASIA), e.g. in "Credential=ASIA.../20261126/..."
+    (re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"), "[redacted-key-id]"),
+    # Session tokens in headers (dict reprs), canonical requests and presigned query strings.
+    (
+        re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}&]+", re.IGNORECASE),
+        r"\1[redacted]",
+    ),
+    # Secrets in STS/IAM response bodies, XML or JSON.
+    (
+        re.compile(r"(<(SecretAccessKey|SessionToken)>)[^<]*(</\2>)"),
+        r"\1[redacted]\3",
+    ),
+    (re.compile(r"(['\"](?:SecretAccessKey|SessionToken)['\"]\s*:\s*['\"])[^'\"]*"), r"\1[redacted]"),
+)
+
+
+def redact_credentials(text: str) -> str:
+    """Replace anything shaped like an AWS access key id, secret key or session token."""
+    for pattern, replacement in _CREDENTIAL_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class _CredentialLogFilter(logging.Filter):
+    """Redact credential-shaped text and every secret registered with the masker from botocore's records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from airflow.sdk._shared.secrets_masker import redact
+
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: do not let it through unredacted
+            record.msg, record.args = "[botocore record withheld: it could not be formatted]", None
+            return True
+        redacted = str(redact(redact_credentials(message)))
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_CREDENTIAL_LOG_FILTER = _CredentialLogFilter()
+
+
+def guard_botocore_logs() -> None:
+    """
+    Put the credential filter on botocore's wire loggers (idempotent; it only matters at DEBUG). Called at
+    the start of every task (``runtime.settings_from``) and before every AssumeRole.
+    """
+    for name in _BOTOCORE_WIRE_LOGGERS:
+        logging.getLogger(name).addFilter(_CREDENTIAL_LOG_FILTER)
+
+
+class instance_cached_property(cached_property):
+    """
+    ``functools.cached_property`` without Python 3.11's lock, which is one lock per attribute *for every
+    instance of the class*: one account's AssumeRole (a network call) made every other account's hook in
+    the process wait. Here each instance computes its value once, under a lock of its own.
+    """
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        cache = instance.__dict__
+        name = self.attrname or self.func.__name__
+        if name in cache:
+            return cache[name]
+        lock = cache.setdefault(f"_{name}_lock", threading.Lock())  # setdefault is atomic
+        with lock:
+            if name not in cache:
+                cache[name] = self.func(instance)
+            return cache[name]
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """
+    The shared session's timestamp parser: ISO-8601 with a zone (what EC2 answers) in C; anything else
+    through botocore's own, which goes through dateutil at ~70 us a value, and a DescribeInstances
+    instance carries several (launch and attachment times): a large part of the CPU of parsing a page.
+    """
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    from botocore.utils import parse_timestamp as botocore_parse_timestamp
+
+    return botocore_parse_timestamp(value)
+
+
+def _new_botocore_session(loader: botocore.loaders.Loader | None = None) -> botocore.session.Session:
+    session = botocore.session.get_session()
+    if loader is not None:
+        session.register_component("data_loader", loader)
+    # Build its endpoint data now, under the lock: region lists are then read from any thread.
+    session.get_available_partitions()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_timestamp)
+    return session
 
 
 def shared_botocore_session() -> botocore.session.Session:
@@ -28,8 +150,59 @@ def shared_botocore_session() -> botocore.session.Session:
     global _BOTOCORE_SESSION
     with _BOTOCORE_LOCK:
         if _BOTOCORE_SESSION is None:
-            _BOTOCORE_SESSION = botocore.session.get_session()
+            _BOTOCORE_SESSION = _new_botocore_session()
         return _BOTOCORE_SESSION
+
+
+class _CutEc2Loader(botocore.loaders.Loader):
+    """botocore's loader, with EC2's API model cut to some operations and the shapes they use."""
+
+    def __init__(self, operations: frozenset[str]) -> None:
+        super().__init__()
+        self.operations = operations
+        self._cut: dict[tuple[str, str | None], dict[str, Any]] = {}
+
+    def load_service_model(self, service_name: str, type_name: str, api_version: str | None = None) -> Any:
+        model = super().load_service_model(service_name, type_name, api_version)
+        if service_name != "ec2" or type_name != "service-2":
+            return model
+        key = (type_name, api_version)
+        if key not in self._cut:
+            self._cut[key] = cut_model(model, self.operations)
+        return self._cut[key]
+
+
+def cut_model(model: dict[str, Any], operations: frozenset[str]) -> dict[str, Any]:
+    """A botocore API model with only ``operations`` and the shapes they reach."""
+    shapes: dict[str, Any] = model["shapes"]
+    wanted = {name: model["operations"][name] for name in sorted(operations)}
+    todo = [ref["shape"] for op in wanted.values() for ref in (op.get("input"), op.get("output")) if ref]
+    todo += [ref["shape"] for op in wanted.values() for ref in op.get("errors", [])]
+    keep: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in keep:
+            continue
+        keep.add(name)
+        shape = shapes[name]
+        refs = [
+            *shape.get("members", {}).values(),
+            *(shape[k] for k in ("member", "key", "value") if k in shape),
+        ]
+        todo.extend(ref["shape"] for ref in refs)
+    return {**model, "operations": wanted, "shapes": {name: shapes[name] for name in keep}}
+
+
+def cut_botocore_session(ec2_operations: frozenset[str]) -> botocore.session.Session:
+    """
+    A process-wide botocore session whose EC2 clients know only ``ec2_operations``. botocore builds a
+    client class with a method per operation for every client; EC2 has ~830, which took 15-25 ms of CPU
+    per client, 17 clients per account: most of an account's CPU. With two operations it is ~1 ms.
+    """
+    with _BOTOCORE_LOCK:
+        if ec2_operations not in _CUT_SESSIONS:
+            _CUT_SESSIONS[ec2_operations] = _new_botocore_session(_CutEc2Loader(ec2_operations))
+        return _CUT_SESSIONS[ec2_operations]
 
 
 def role_session_name(*parts: str) -> str:
@@ -49,6 +222,46 @@ def partition_of(arn: str) -> str:
     return parts[1]
 
 
+def hub_session(hook: AwsBaseHook, region_name: str | None) -> Any:
+    """
+    The hub identity's boto3 session for ``hook``'s connection, one per process, connection and region.
+    ``AwsBaseHook`` builds two new botocore sessions for every hook (each parsing botocore's endpoint and
+    model files) and, with the connection's ``role_arn``, assumes that role every time; the session's
+    credentials refresh themselves, so one serves every hook of the process: the S3 store's and every
+    account's hub STS client (a task process then assumes ``role_arn`` once, not twice).
+    """
+    conn = hook.conn_config
+    identity = [hook.aws_conn_id, region_name, conn.conn_id, conn.aws_access_key_id]
+    identity += [conn.aws_secret_access_key, conn.role_arn, conn.extra_config]
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    with _HUB_LOCK:
+        if key not in _HUB_SESSIONS:
+            _HUB_SESSIONS[key] = AwsBaseHook.get_session(hook, region_name=region_name)
+        return _HUB_SESSIONS[key]
+
+
+class HubHook(AwsBaseHook):
+    """
+    An ``AwsBaseHook`` on the process's hub session (:func:`hub_session`):
+    ``HubHook(client_type="s3", ...).get_conn()`` is ``S3Hook(...).get_conn()`` (same endpoint, config and
+    connection extras) without two more botocore sessions and another AssumeRole.
+    """
+
+    def get_session(self, region_name: str | None = None, deferrable: bool = False) -> Any:
+        """The cached hub session (deferrable sessions are the provider's own)."""
+        if deferrable:
+            return super().get_session(region_name=region_name, deferrable=True)
+        return hub_session(self, region_name)
+
+    def get_client_type(
+        self, region_name: str | None = None, config: Config | None = None, deferrable: bool = False
+    ) -> Any:
+        """A client from the shared session; created under the lock (sessions are not thread-safe)."""
+        self.get_session(region_name=region_name, deferrable=deferrable)  # any AssumeRole: outside the lock
+        with _CLIENT_LOCK:
+            return super().get_client_type(region_name=region_name, config=config, deferrable=deferrable)
+
+
 class RoleNotAssumableError(RuntimeError):
     """Raised for a permanent refusal of AssumeRole (missing role, broken trust, denied)."""
 
@@ -57,6 +270,10 @@ class RoleNotAssumableError(RuntimeError):
         self.code = code
         self.aws_message = message
         super().__init__(f"cannot assume {role_arn}: {code}: {message}")
+
+
+class SessionDurationError(ValueError):
+    """DurationSeconds above one hour was asked for while the hub identity is itself an assumed role."""
 
 
 class CrossAccountHook(AwsBaseHook):
@@ -77,6 +294,8 @@ class CrossAccountHook(AwsBaseHook):
     :param session_tags: Session tags passed to AssumeRole, if any.
     :param max_attempts: Attempts per call in botocore's ``standard`` retry mode.
     :param max_pool_connections: HTTP connections per client; at least the number of threads using it.
+    :param ec2_operations: When given, EC2 clients know only these operations (e.g. ``DescribeInstances``,
+        ``DescribeRegions``): much cheaper to create (see :func:`cut_botocore_session`).
     """
 
     def __init__(
@@ -93,6 +312,7 @@ class CrossAccountHook(AwsBaseHook):
         max_pool_connections: int = 10,
         aws_conn_id: str | None = AwsBaseHook.default_conn_name,
         region_name: str | None = None,
+        ec2_operations: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(aws_conn_id=aws_conn_id, region_name=region_name, client_type="sts")
         self.account_id_target = account_id
@@ -104,6 +324,7 @@ class CrossAccountHook(AwsBaseHook):
         self.session_tags = session_tags or {}
         self.max_attempts = max_attempts
         self.max_pool_connections = max_pool_connections
+        self.ec2_operations = frozenset(ec2_operations) if ec2_operations else None
         self._clients: dict[tuple[str, str], BaseClient] = {}
 
     @property
@@ -111,7 +332,7 @@ class CrossAccountHook(AwsBaseHook):
         """Region of the hub identity's STS endpoint and of the target's first regional calls."""
         return self.region_name or "us-east-1"
 
-    @cached_property
+    @instance_cached_property
     def client_config(self) -> Config:
         """One botocore Config for every client: standard retries, enough pooled connections."""
         ours = Config(
@@ -125,19 +346,24 @@ class CrossAccountHook(AwsBaseHook):
         conn_config = self.conn_config.botocore_config
         return self._get_config(ours.merge(conn_config) if conn_config else ours)
 
-    @cached_property
-    def hub_sts(self) -> BaseClient:
-        """STS client of the hub identity, on the hub region's endpoint."""
-        session = self.get_session(region_name=self.hub_region)
-        return session.client(
-            "sts",
-            region_name=self.hub_region,
-            endpoint_url=self.conn_config.get_service_endpoint_url("sts"),
-            config=self.client_config,
-            verify=self.verify,
-        )
+    def hub_session(self) -> Any:
+        """The hub identity's boto3 session (one per process, connection and region: :func:`hub_session`)."""
+        return hub_session(self, self.hub_region)
 
-    @cached_property
+    @instance_cached_property
+    def hub_sts(self) -> BaseClient:
+        """STS client of the hub identity, on the hub region's endpoint (its own client per hook)."""
+        session = self.hub_session()
+        with _CLIENT_LOCK:
+            return session.client(
+                "sts",
+                region_name=self.hub_region,
+                endpoint_url=self.conn_config.get_service_endpoint_url("sts"),
+                config=self.client_config,
+                verify=self.verify,
+            )
+
+    @instance_cached_property
     def hub_identity(self) -> dict[str, str]:
         """The hub identity's ``Account`` and ``Arn`` (GetCallerIdentity needs no permission)."""
         identity = self.hub_sts.get_caller_identity()
@@ -173,19 +399,27 @@ class CrossAccountHook(AwsBaseHook):
             kwargs["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(self.session_tags.items())]
         return kwargs
 
-    @cached_property
+    def check_session_duration(self) -> None:
+        """
+        Refuse, before any AssumeRole, a DurationSeconds above one hour when the hub identity is itself an
+        assumed role: AWS caps role chaining at one hour. Asks STS only when the duration is above it.
+        """
+        if self.duration_seconds > CHAINED_ROLE_MAX_SECONDS and self.hub_is_assumed_role:
+            raise SessionDurationError(
+                f"session_duration_seconds={self.duration_seconds} is refused: the hub identity "
+                f"{self.hub_identity['Arn']} is an assumed role, and AWS limits role chaining to one hour "
+                f"({CHAINED_ROLE_MAX_SECONDS} s); use at most {CHAINED_ROLE_MAX_SECONDS}"
+            )
+
+    @instance_cached_property
     def _credentials(self) -> dict[str, str]:
         """AssumeRole once for this account; the keys are masked before anything could log them."""
         from airflow.sdk.log import mask_secret
         from botocore.exceptions import ClientError
 
+        guard_botocore_logs()
         kwargs = self.assume_role_kwargs()
-        if self.duration_seconds > CHAINED_ROLE_MAX_SECONDS and self.hub_is_assumed_role:
-            raise ValueError(
-                f"session_duration_seconds={self.duration_seconds} is refused: the hub identity "
-                f"{self.hub_identity['Arn']} is an assumed role, and AWS limits role chaining to one hour "
-                f"({CHAINED_ROLE_MAX_SECONDS} s)"
-            )
+        self.check_session_duration()
         self.log.info(
             "Assuming %s as session %s through STS in %s",
             kwargs["RoleArn"],
@@ -218,9 +452,13 @@ class CrossAccountHook(AwsBaseHook):
         """One client per (service, region), all from the one assumed session and one botocore session."""
         key = (service, region)
         credentials = self._credentials
+        if service == "ec2" and self.ec2_operations:
+            session = cut_botocore_session(self.ec2_operations)
+        else:
+            session = shared_botocore_session()
         with _CLIENT_LOCK:
             if key not in self._clients:
-                self._clients[key] = shared_botocore_session().create_client(
+                self._clients[key] = session.create_client(
                     service,
                     region_name=region,
                     endpoint_url=self.conn_config.get_service_endpoint_url(service),

@@ -83,7 +83,9 @@ def test_schedule_and_defaults(dag: Any) -> None:
     assert dag.default_args["owner"] == "cmdb-platform"
     assert dag.default_args["retries"] >= 2
     assert dag.default_args["on_failure_callback"]
-    assert set(dag.params.keys()) >= {"accounts", "overwrite"}
+    assert set(dag.params.keys()) >= {"accounts", "overwrite", "mode"}
+    mode = dag.params.get_param("mode")
+    assert (mode.value, mode.schema["enum"]) == ("inventory", ["inventory", "preflight"])
 
 
 def test_task_graph_is_the_contract(dag: Any) -> None:
@@ -105,3 +107,8 @@ def test_task_graph_is_the_contract(dag: Any) -> None:
     for task in tasks.values():
         assert task.execution_timeout is not None, task.task_id
     assert tasks["check_coverage"].retries == 0
+    # The snapshot Asset: an alias outlet on merge_inventory (an event only when a snapshot is written).
+    from include.cmdb_inventory.assets import SNAPSHOT_ALIAS
+
+    assert tasks["merge_inventory"].outlets == [SNAPSHOT_ALIAS]
+    assert [t.outlets for t in tasks.values() if t.task_id != "merge_inventory"] == [[]] * (len(tasks) - 1)

@@ -418,7 +418,7 @@ def instances(draw: st.DrawFn) -> tuple[str, dict[str, str], dict[str, Any]]:
     return name, tags, instance
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(items=st.lists(instances(), min_size=1, max_size=4), account_name=ANY_TEXT)
 def test_property_any_text_round_trips_one_row_per_record(
     items: list[tuple[str, dict[str, str], dict[str, Any]]], account_name: str

@@ -1,0 +1,381 @@
+"""The Markdown of ``BENCHMARKS.md``: the targets, then every measured run, floor, merge and parse."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+TARGETS = {
+    "speedup": 8.0,  # engine vs baseline, latency-bound world
+    "latency_floor": 1.5,  # engine vs floor, latency-bound world
+    "volume_floor": 1.25,  # engine vs floor, volume-bound world
+    "orchestrated_seconds": 120.0,
+    "merge_seconds": 20.0,
+    "merge_rss_mb": 150.0,
+    "parse_ms": 50.0,
+}
+LATENCY_WORLD = ("20 x 17 x 5", 100.0)
+VOLUME_WORLD = ("20 x 17 x 100", 0.0)
+ORCHESTRATED_WORLD = ("100 x 17 x 5", 100.0)
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _find(runs: list[Mapping[str, Any]], name: str, world: str, latency: float) -> Mapping[str, Any] | None:
+    for run in runs:
+        if run["name"] == name and run["world"] == world and float(run["latency_ms"]) == latency:
+            return run
+    return None
+
+
+def _floor(floors: list[Mapping[str, Any]], world: str, latency: float) -> Mapping[str, Any] | None:
+    for floor in floors:
+        if floor["world"] == world and float(floor["latency_ms"]) == latency:
+            return floor
+    return None
+
+
+def _verified_wall(run: Mapping[str, Any] | None) -> float | None:
+    """A wall time counts only when the run's output was right."""
+    return float(run["wall"]) if run and run["verified"] else None
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "**no**")
+
+
+def targets(results: Mapping[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, goal, measured, met) for each target of the issue that this run measured."""
+    runs, floors = results.get("runs", []), results.get("floors", [])
+    rows: list[tuple[str, str, str, bool | None]] = []
+    world, latency = LATENCY_WORLD
+    engine, baseline = _find(runs, "engine", world, latency), _find(runs, "baseline", world, latency)
+    floor = _floor(floors, world, latency)
+    e, b = _verified_wall(engine), _verified_wall(baseline)
+    if e and b:
+        rows.append(
+            (
+                f"latency-bound {world} at {latency:g} ms: engine vs baseline",
+                f"≥ {TARGETS['speedup']:g}x faster",
+                f"{b / e:.1f}x ({_f(b)} s vs {_f(e)} s)",
+                b / e >= TARGETS["speedup"],
+            )
+        )
+    if e and floor:
+        ratio = e / floor["floor"]
+        rows.append(
+            (
+                f"latency-bound {world} at {latency:g} ms: engine vs floor",
+                f"≤ {TARGETS['latency_floor']:g}x floor",
+                f"{ratio:.2f}x ({_f(e)} s vs {_f(floor['floor'], 2)} s)",
+                ratio <= TARGETS["latency_floor"],
+            )
+        )
+    world, latency = VOLUME_WORLD
+    engine, floor = _find(runs, "engine", world, latency), _floor(floors, world, latency)
+    e = _verified_wall(engine)
+    if e and floor and engine:
+        ratio = e / floor["floor"]
+        rows.append(
+            (
+                f"volume-bound {world} at 0 ms: engine vs floor",
+                f"≤ {TARGETS['volume_floor']:g}x floor",
+                f"{ratio:.2f}x ({_f(e)} s vs {_f(floor['floor'])} s; engine's own CPU {_f(engine['cpu'])} s)",
+                ratio <= TARGETS["volume_floor"],
+            )
+        )
+    world, latency = ORCHESTRATED_WORLD
+    orchestrated = _find(runs, "orchestrated", world, latency)
+    o = _verified_wall(orchestrated)
+    if orchestrated:
+        d = orchestrated["details"]
+        rows.append(
+            (
+                f"orchestrated {world} at {latency:g} ms (LocalExecutor)",
+                f"< {TARGETS['orchestrated_seconds']:g} s",
+                f"{_f(o)} s; {_f(d['cpu_per_mapped_task'], 2)} CPU s per mapped task",
+                None if o is None else o < TARGETS["orchestrated_seconds"],
+            )
+        )
+    merges = results.get("merge") or []
+    if merges:
+        big, small = merges[-1], merges[0]
+        ok = (
+            big["verified"]
+            and big["wall"] < TARGETS["merge_seconds"]
+            and big["peak_rss_mb"] < TARGETS["merge_rss_mb"]
+        )
+        rows.append(
+            (
+                f"merge of {big['rows']:,} rows",
+                f"< {TARGETS['merge_seconds']:g} s, peak RSS < {TARGETS['merge_rss_mb']:g} MB, flat",
+                f"{_f(big['wall'])} s, {_f(big['peak_rss_mb'], 0)} MB "
+                f"({small['rows']:,} rows: {_f(small['peak_rss_mb'], 0)} MB)",
+                ok,
+            )
+        )
+    parse = results.get("parse")
+    if parse:
+        file = parse["file"]
+        rows.append(
+            (
+                "DAG file import",
+                f"< {TARGETS['parse_ms']:g} ms, no boto3/pandas/provider hooks",
+                f"{_f(file['median_ms'])} ms (cold: {_f(parse['cold']['median_ms'])} ms); heavy: "
+                f"{', '.join(file['heavy']) or 'none'}",
+                file["median_ms"] < TARGETS["parse_ms"] and not file["heavy"] and not parse["cold"]["heavy"],
+            )
+        )
+    return rows
+
+
+def render(results: Mapping[str, Any], command: str) -> str:
+    """The whole report."""
+    m = results["machine"]
+    runs, floors = results.get("runs", []), results.get("floors", [])
+    out: list[str] = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (`{command}`) on {m['date']}: {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
+        f"Load average (1/5/15 min) at the start {'/'.join(f'{x:.1f}' for x in m['load_start'])}, "
+        f"at the end {'/'.join(f'{x:.1f}' for x in m.get('load_end', m['load_start']))} "
+        "(other work on the machine slows every number here). "
+        f"Total {_f(results.get('seconds'), 0)} s.",
+        "",
+        "Worlds are *accounts x regions x instances per account and region*, seeded on moto's server (one "
+        "process, one interpreter lock), reached through a latency-injecting gateway (another process). "
+        "Every run's CSV is checked against the seeded world (every instance exactly once, account, region, "
+        "Name and its formula neutralisation, order); a wall time counts only when that check passed.",
+        "",
+        "## Targets",
+        "",
+    ]
+    out += _table(
+        ("target", "goal", "measured", "met"), ((t, g, v, _met(ok)) for t, g, v, ok in targets(results))
+    )
+
+    out += ["", "## Engine, baseline and floor", ""]
+    rows = []
+    for run in runs:
+        floor = _floor(floors, run["world"], float(run["latency_ms"]))
+        wall = _verified_wall(run)
+        ratio = f"{wall / floor['floor']:.2f}x" if wall and floor and floor["floor"] else "-"
+        rows.append(
+            (
+                run["name"],
+                run["world"],
+                f"{run['latency_ms']:g} ms",
+                _f(run["wall"], 2),
+                ratio,
+                _f(run["cpu"]),
+                _f(run["moto_cpu"]),
+                _f(run["gateway_cpu"]),
+                run["calls"],
+                run["verdict"],
+            )
+        )
+    out += _table(
+        (
+            "run",
+            "world",
+            "added latency",
+            "wall s",
+            "x floor",
+            "own CPU s",
+            "moto CPU s",
+            "gateway CPU s",
+            "calls",
+            "CSV check",
+        ),
+        rows,
+    )
+    out += [
+        "",
+        "*own CPU*: the measured process (for `orchestrated`: every Airflow process, task processes "
+        "included). *moto CPU*: moto's server while the run ran. *calls*: requests through the gateway.",
+        "",
+        "## Floors",
+        "",
+        "The floor is the larger of the latency critical path (per account AssumeRole, DescribeRegions and "
+        "the longest region's pages in sequence, accounts in waves of the concurrency) and moto's own CPU "
+        "seconds for exactly those calls (replayed at full speed straight at moto's server, responses not "
+        "parsed): moto answers on one interpreter lock, so no client can get them faster.",
+        "",
+    ]
+    out += _table(
+        (
+            "world",
+            "added latency",
+            "critical path s",
+            "moto CPU for the calls s",
+            "moto req/s (replay)",
+            "replay wall s",
+            "floor s",
+        ),
+        (
+            (
+                f["world"],
+                f"{f['latency_ms']:g} ms",
+                _f(f["critical_path"], 2),
+                _f(f["emulator_cpu"], 2),
+                _f(f["capacity"]["requests_per_second"], 0),
+                _f(f["capacity"]["wall"], 2),
+                _f(f["floor"], 2),
+            )
+            for f in floors
+        ),
+    )
+    orchestrated = [r for r in runs if r["name"] == "orchestrated"]
+    if orchestrated:
+        out += ["", "## Orchestrated (real scheduler)", ""]
+        rows = []
+        for run in orchestrated:
+            d = run["details"]
+            engine = _find(runs, "engine", run["world"], float(run["latency_ms"]))
+            engine_task = engine["details"]["account_seconds_median"] if engine else None
+            overhead = d["task_seconds_median"] - engine_task if engine_task is not None else None
+            rows.append(
+                (
+                    run["world"],
+                    f"{run['latency_ms']:g} ms",
+                    _f(run["wall"]),
+                    d["mapped_tasks"],
+                    f"{d['concurrency']} / {d['parallelism']}",
+                    _f(d["scan_phase_seconds"]),
+                    _f(d["task_seconds_median"], 2),
+                    _f(engine_task, 2),
+                    _f(overhead, 2),
+                    _f(d["queued_to_start_median"], 2),
+                    _f(d["cpu_per_mapped_task"], 2),
+                    _f(engine["cpu"] / max(1, engine["details"]["accounts"]), 2) if engine else "-",
+                )
+            )
+        out += _table(
+            (
+                "world",
+                "added latency",
+                "wall s (trigger → done)",
+                "mapped tasks",
+                "max active per run / parallelism",
+                "scan phase s",
+                "task s (median)",
+                "engine per account s",
+                "overhead per task s",
+                "queued → running s",
+                "CPU s per mapped task (all Airflow)",
+                "engine CPU s per account",
+            ),
+            rows,
+        )
+        out += [
+            "",
+            "Overhead per mapped task = the median task's duration under the scheduler minus the median "
+            "account's time in the engine (same world, latency and concurrency, one process). CPU per mapped "
+            "task = CPU seconds of every Airflow process during the run (scheduler, DAG processor, API "
+            "server, executor workers, task processes) divided by the number of mapped tasks.",
+        ]
+    merges = results.get("merge") or []
+    if merges:
+        out += ["", "## Merge (SnapshotStore.merge_parts + upload_csv)", ""]
+        out += _table(
+            (
+                "rows",
+                "parts",
+                "wall s",
+                "merge s",
+                "upload s",
+                "rows/s",
+                "peak RSS MB",
+                "RSS before merge MB",
+                "own CPU s",
+                "moto CPU s",
+                "check",
+            ),
+            (
+                (
+                    f"{x['rows']:,}",
+                    x["parts"],
+                    _f(x["wall"], 2),
+                    _f(x["merge_wall"], 2),
+                    _f(x["upload_wall"], 2),
+                    _f(x["rows_per_second"], 0),
+                    _f(x["peak_rss_mb"], 0),
+                    _f(x["rss_before_mb"], 0),
+                    _f(x["cpu"], 2),
+                    _f(x.get("moto_cpu"), 2),
+                    x["verdict"],
+                )
+                for x in merges
+            ),
+        )
+    parse = results.get("parse")
+    if parse:
+        out += ["", "## Parse (the DAG file's import)", ""]
+        out += _table(
+            ("measure", "median ms", "min ms", "max ms", "runs", "heavy modules", "packages it imports"),
+            (
+                (
+                    label,
+                    _f(p["median_ms"]),
+                    _f(p["min_ms"]),
+                    _f(p["max_ms"]),
+                    p["repeats"],
+                    ", ".join(p["heavy"]) or "none",
+                    ", ".join(p["packages_added"]),
+                )
+                for label, p in (
+                    ("file (Airflow's named parts warm)", parse["file"]),
+                    ("cold (only airflow.sdk warm)", parse["cold"]),
+                )
+            ),
+        )
+    mapping = results.get("mapping")
+    if mapping:
+        out += ["", f"## Mapping {mapping['accounts']:,} accounts (more than max_map_length)", ""]
+        out += _table(
+            ("AIRFLOW__CORE__MAX_MAP_LENGTH", "scan_account instances", "map indexes", "task states", "s"),
+            (
+                (
+                    m["max_map_length"],
+                    f"{m['scan_instances']:,}",
+                    "..".join(str(i) for i in m["map_indexes"]),
+                    ", ".join(f"{k} x{v}" for k, v in sorted(m["states"].items())),
+                    _f(m["seconds"]),
+                )
+                for m in (mapping["configured"], mapping["default"])
+            ),
+        )
+        out += [
+            "",
+            "Airflow's test runner, scans expanded but not executed (`mark_success_pattern`); with the "
+            "default, "
+            "`resolve_accounts` fails at once, without retries, naming `AIRFLOW__CORE__MAX_MAP_LENGTH`"
+            + (" (seen in its log)." if mapping["default"].get("clear_refusal") else "."),
+        ]
+    engines = [r for r in runs if r["name"] == "engine" and r["details"].get("by_action")]
+    if engines:
+        out += ["", "## Calls per account (engine)", ""]
+        actions = sorted({a for r in engines for a in r["details"]["by_action"]})
+        out += _table(
+            ("world", "added latency", *actions),
+            (
+                (
+                    r["world"],
+                    f"{r['latency_ms']:g} ms",
+                    *(_f(r["details"]["by_action"].get(a, 0) / r["details"]["accounts"], 2) for a in actions),
+                )
+                for r in engines
+            ),
+        )
+    out.append("")
+    return "\n".join(out)

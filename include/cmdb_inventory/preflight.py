@@ -1,0 +1,271 @@
+"""
+Preflight for onboarding (the run's Param ``mode`` = ``preflight``): for every expected account, can the
+role be assumed, which regions are enabled, and which of them allow ``DescribeInstances`` — without
+scanning inventories or writing a snapshot. The report goes to the run's staging prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from include.cmdb_inventory import coverage
+from include.cmdb_inventory.config import Account, Settings
+
+if TYPE_CHECKING:
+    from cmdb_inventory_aws.hooks import CrossAccountHook
+    from include.cmdb_inventory.inventory import RunInfo
+    from include.cmdb_inventory.storage import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+INVENTORY = "inventory"
+PREFLIGHT = "preflight"
+MODES = (INVENTORY, PREFLIGHT)
+REPORT_NAME = "preflight.json"
+PROBE_MAX_RESULTS = 5  # the smallest page DescribeInstances accepts: one cheap call per region
+MAX_NOT_READY_IN_XCOM = 100
+MAX_NOT_READY_LISTED = 50
+
+
+class NotReadyError(RuntimeError):
+    """At least one expected account is not ready to be scanned."""
+
+
+def status_key(store: SnapshotStore, run: RunInfo, account_id: str) -> str:
+    """One account's preflight result, under the run's staging prefix."""
+    return f"{store.layout.staging(run.ds, run.run_id)}/preflight/{account_id}.json"
+
+
+def report_key(store: SnapshotStore, run: RunInfo) -> str:
+    """The run's preflight report, under the run's staging prefix."""
+    return f"{store.layout.staging(run.ds, run.run_id)}/{REPORT_NAME}"
+
+
+def probe_region(hook: CrossAccountHook, region: str) -> dict[str, Any]:
+    """One ``DescribeInstances`` (MaxResults=5) in ``region``: OK, or the status its error maps to."""
+    try:
+        hook.client("ec2", region).describe_instances(MaxResults=PROBE_MAX_RESULTS)
+    except Exception as err:
+        error = coverage.error_of(err)
+        return {"region": region, "status": coverage.region_status_of(error["code"]), "error": error}
+    return {"region": region, "status": coverage.OK}
+
+
+def check_account(
+    hook: CrossAccountHook,
+    account: Account,
+    *,
+    regions: tuple[str, ...] = (),
+    exclude_regions: tuple[str, ...] = (),
+    threads: int = 8,
+    denied_is_gap: bool = True,
+) -> dict[str, Any]:
+    """
+    Assume the role, plan the regions (``DescribeRegions``, then the configured filters) and probe each
+    enabled region once. Never raises for AWS errors: they are the answer.
+    """
+    from cmdb_inventory_aws.hooks import RoleNotAssumableError
+    from include.cmdb_inventory.regions import plan_regions
+
+    doc: dict[str, Any] = {"account": account.id, "account_name": account.name, "regions": []}
+    try:
+        doc["role_arn"] = hook.assume()
+    except RoleNotAssumableError as err:
+        return {
+            **doc,
+            "role_arn": err.role_arn,
+            "status": coverage.ROLE_NOT_ASSUMABLE,
+            "error": coverage.error_of(err),
+        }
+    except Exception as err:
+        error = coverage.error_of(err)
+        return {**doc, "status": coverage.region_status_of(error["code"]), "error": error}
+    try:
+        plan = plan_regions(hook.client("ec2", hook.hub_region), hook.partition, regions, exclude_regions)
+    except Exception as err:
+        error = coverage.error_of(err)
+        return {**doc, "status": coverage.region_status_of(error["code"]), "error": error}
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(plan.scan) or 1))) as pool:
+        probed = list(pool.map(lambda region: probe_region(hook, region), plan.scan))
+    entries = sorted([*plan.skipped, *probed], key=lambda e: e["region"])
+    gaps = [e for e in entries if coverage.is_gap(e["status"], denied_is_gap)]
+    return {
+        **doc,
+        "status": coverage.OK if not gaps else gaps[0]["status"],
+        "regions": entries,
+        "regions_source": plan.source,
+        "note": plan.note,
+        "regions_enabled": sorted(e["region"] for e in entries if e["status"] != coverage.REGION_DISABLED),
+        "regions_allowed": sorted(e["region"] for e in entries if e["status"] == coverage.OK),
+    }
+
+
+def reasons_of(doc: Mapping[str, Any], denied_is_gap: bool = True) -> list[str]:
+    """Why an account is not ready, one line per failure (empty when it is ready)."""
+    if doc.get("error") and not doc.get("regions"):
+        error = doc["error"]
+        what = f"cannot assume {doc.get('role_arn')}" if doc["status"] == coverage.ROLE_NOT_ASSUMABLE else ""
+        return [f"{doc['status']}: {what + ': ' if what else ''}{error.get('code')}: {error.get('message')}"]
+    return [
+        f"{e['region']} {e['status']}: {e.get('error', {}).get('code')}: {e.get('error', {}).get('message')}"
+        for e in doc.get("regions") or []
+        if coverage.is_gap(e["status"], denied_is_gap)
+    ]
+
+
+def preflight_account(
+    settings: Settings,
+    run: RunInfo,
+    account: Account,
+    store: SnapshotStore,
+    hook: CrossAccountHook | None = None,
+) -> dict[str, Any]:
+    """``scan_account`` in preflight mode: check one account, write its result, return a small summary."""
+    from include.cmdb_inventory.inventory import hook_for, now_utc
+
+    doc = check_account(
+        hook or hook_for(settings, account, run),
+        account,
+        regions=settings.regions,
+        exclude_regions=settings.exclude_regions,
+        threads=settings.region_threads,
+        denied_is_gap=settings.denied_regions_fail_coverage,
+    )
+    reasons = reasons_of(doc, settings.denied_regions_fail_coverage)
+    doc.update(ready=not reasons, reasons=reasons, checked_at=now_utc(), dag_run_id=run.run_id)
+    store.put_json(status_key(store, run, account.id), doc)
+    if reasons:
+        log.error("Account %s is NOT ready: %s", account.label, "; ".join(reasons))
+    else:
+        log.info(
+            "Account %s is ready: role %s, %d regions allowed (%s)",
+            account.label,
+            doc.get("role_arn"),
+            len(doc.get("regions_allowed", [])),
+            ", ".join(doc.get("regions_allowed", [])),
+        )
+    return {"account": account.id, "ready": not reasons, "status": doc["status"]}
+
+
+def preflight_report(
+    settings: Settings,
+    run: RunInfo,
+    store: SnapshotStore,
+    expected: Sequence[Mapping[str, Any]],
+    plan: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """
+    ``merge_inventory`` in preflight mode: collect every account's result into the report (staging
+    prefix only: no CSV, manifest or ``latest/``) and return the summary for notify and check.
+    """
+    from include.cmdb_inventory.inventory import now_utc
+
+    plan = plan or {}
+    accounts = sorted((Account.from_dict(a) for a in expected), key=lambda a: a.id)
+    results: list[dict[str, Any]] = []
+    for account in accounts:
+        doc = store.get_json(status_key(store, run, account.id))
+        if doc is None:
+            reason = "the account's task ended without reporting (killed, timed out, or never ran)"
+            doc = {
+                "account": account.id,
+                "account_name": account.name,
+                "status": coverage.TASK_FAILED,
+                "ready": False,
+                "reasons": [f"{coverage.TASK_FAILED}: {reason}"],
+                "error": {"code": "NoStatus", "message": reason},
+            }
+        results.append(doc)
+    not_ready = [
+        {
+            "account": d["account"],
+            "account_name": d.get("account_name", ""),
+            "status": d["status"],
+            "reasons": d.get("reasons", []),
+        }
+        for d in results
+        if not d.get("ready")
+    ]
+    key = report_key(store, run)
+    report = {
+        "mode": PREFLIGHT,
+        "dag_id": run.dag_id,
+        "dag_run_id": run.run_id,
+        "ds": run.ds,
+        "checked_at": now_utc(),
+        "role_name": settings.role_name,
+        "accounts_source": plan.get("accounts_source", "accounts"),
+        "accounts_expected": len(results),
+        "accounts_ready": len(results) - len(not_ready),
+        "ready": bool(results) and not not_ready,
+        "accounts": results,
+        "not_ready": not_ready,
+        "accounts_not_scanned": list(plan.get("not_scanned") or []),
+    }
+    store.put_json(key, report)
+    for item in not_ready:
+        log.error("NOT READY %s (%s): %s", item["account"], item["account_name"], "; ".join(item["reasons"]))
+    log.info(
+        "Preflight: %d of %d accounts ready; report %s",
+        report["accounts_ready"],
+        len(results),
+        store.uri(key),
+    )
+    return {
+        "mode": PREFLIGHT,
+        "ds": run.ds,
+        "dag_run_id": run.run_id,
+        "written": False,
+        "report_uri": store.uri(key),
+        "accounts_expected": report["accounts_expected"],
+        "accounts_ready": report["accounts_ready"],
+        "ready": report["ready"],
+        "not_ready_count": len(not_ready),
+        "not_ready": not_ready[:MAX_NOT_READY_IN_XCOM],
+        "accounts_not_scanned": len(report["accounts_not_scanned"]),
+    }
+
+
+def subject(summary: Mapping[str, Any]) -> str:
+    """SNS subject (at most 100 characters)."""
+    state = "all ready" if summary.get("ready") else f"{summary.get('not_ready_count', 0)} NOT READY"
+    return f"EC2 inventory preflight {summary['ds']}: {summary['accounts_expected']} accounts, {state}"[:100]
+
+
+def message(summary: Mapping[str, Any]) -> str:
+    """The preflight notification: the report's URI, the counts, each account not ready and why."""
+    lines = [
+        f"EC2 inventory PREFLIGHT for {summary['ds']} (run {summary['dag_run_id']}): nothing was scanned "
+        "or written except this report.",
+        "",
+        f"Report:   {summary['report_uri']}",
+        f"Accounts: {summary['accounts_ready']} of {summary['accounts_expected']} ready",
+    ]
+    if summary.get("accounts_not_scanned"):
+        lines.append(f"Skipped:  {summary['accounts_not_scanned']} accounts not scanned (see the report)")
+    not_ready = summary.get("not_ready") or []
+    if not_ready:
+        lines += ["", f"Not ready ({summary.get('not_ready_count', len(not_ready))}):"]
+        for item in not_ready[:MAX_NOT_READY_LISTED]:
+            name = f" ({item['account_name']})" if item.get("account_name") else ""
+            lines.append(f"  - {item['account']}{name}: {item['status']}")
+            lines += [f"      {reason}" for reason in item.get("reasons", [])[:10]]
+        if summary.get("not_ready_count", len(not_ready)) > MAX_NOT_READY_LISTED:
+            lines.append(f"  ... and more: see {summary['report_uri']}")
+    return "\n".join(lines)
+
+
+def check_ready(summary: Mapping[str, Any]) -> None:
+    """``check_coverage`` in preflight mode: fail when any expected account is not ready."""
+    if summary.get("ready"):
+        log.info("Preflight: every expected account is ready (%s)", summary["report_uri"])
+        return
+    listed = "; ".join(f"{n['account']} {n['status']}" for n in (summary.get("not_ready") or [])[:20])
+    raise NotReadyError(
+        f"preflight for {summary['ds']}: {summary.get('not_ready_count', 0)} of "
+        f"{summary['accounts_expected']} accounts not ready: {listed or 'no account checked'}; "
+        f"see {summary['report_uri']}"
+    )

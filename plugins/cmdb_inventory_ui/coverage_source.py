@@ -1,0 +1,166 @@
+"""
+Where the coverage page reads from: the latest snapshot's manifest in S3, located through the same
+Variable the DAG reads, fetched through the Amazon provider's S3 hook at request time, cached briefly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CACHE_SECONDS = 30.0
+PRESIGN_SECONDS = 300
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+
+
+class SourceError(RuntimeError):
+    """The manifest cannot be shown; ``title`` and ``detail`` say why (plain text), ``status`` is HTTP's."""
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        self.status, self.title, self.detail = status, title, detail
+        super().__init__(f"{title}: {detail}")
+
+
+@dataclass(frozen=True)
+class Location:
+    """The snapshot store of the configuration: bucket, prefix and how to reach them."""
+
+    bucket: str
+    prefix: str
+    aws_conn_id: str = "aws_default"
+    region_name: str | None = None
+    expected_bucket_owner: str | None = None
+
+    @property
+    def manifest_key(self) -> str:
+        """``{prefix}/latest/manifest.json`` (the output contract)."""
+        from include.cmdb_inventory.storage import MANIFEST_NAME, Layout
+
+        return Layout(self.prefix).latest(MANIFEST_NAME)
+
+    def uri(self, key: str) -> str:
+        """``s3://bucket/key``."""
+        return f"s3://{self.bucket}/{key}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A manifest as read, and when."""
+
+    location: Location
+    manifest: dict[str, Any]
+    fetched_at: str
+
+
+def location_from_variable() -> Location:
+    """Read the Variable now (request time) and validate it the way the DAG does."""
+    from airflow.sdk import Variable
+
+    from include.cmdb_inventory.config import VARIABLE_KEY, ConfigError, parse_settings
+
+    raw = Variable.get(VARIABLE_KEY, default=None)
+    if raw is None:
+        raise SourceError(503, "Not configured", f"the Airflow Variable {VARIABLE_KEY!r} is not set")
+    try:
+        settings = parse_settings(raw)
+    except ConfigError as err:
+        raise SourceError(503, "Invalid configuration", str(err)) from None
+    return Location(
+        bucket=settings.bucket,
+        prefix=settings.prefix,
+        aws_conn_id=settings.aws_conn_id,
+        region_name=settings.hub_region,
+        expected_bucket_owner=settings.expected_bucket_owner,
+    )
+
+
+def _s3_client(location: Location) -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=location.aws_conn_id, region_name=location.region_name).get_conn()
+
+
+def _owner_args(location: Location) -> dict[str, str]:
+    return {"ExpectedBucketOwner": location.expected_bucket_owner} if location.expected_bucket_owner else {}
+
+
+def fetch_manifest(location: Location, client: Any = None) -> dict[str, Any]:
+    """GET the latest manifest; a missing one, an AWS error or a broken document is a ``SourceError``."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    key = location.manifest_key
+    try:
+        client = client or _s3_client(location)
+        response = client.get_object(Bucket=location.bucket, Key=key, **_owner_args(location))
+        body = response["Body"].read(MAX_MANIFEST_BYTES + 1)
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        if code in ("NoSuchKey", "404"):
+            raise SourceError(
+                404, "No snapshot yet", f"{location.uri(key)} does not exist: no run has written one"
+            ) from None
+        log.warning("Reading %s failed: %s", location.uri(key), code)
+        raise SourceError(502, "Cannot read the manifest", f"{location.uri(key)}: {code}") from None
+    except BotoCoreError as err:
+        log.warning("Reading %s failed: %s", location.uri(key), type(err).__name__)
+        raise SourceError(502, "Cannot read the manifest", f"{location.uri(key)}: {err}") from None
+    if len(body) > MAX_MANIFEST_BYTES:
+        raise SourceError(
+            502, "Manifest too large", f"{location.uri(key)} is over {MAX_MANIFEST_BYTES} bytes"
+        )
+    try:
+        manifest = json.loads(body)
+    except ValueError as err:
+        raise SourceError(502, "Broken manifest", f"{location.uri(key)} is not JSON: {err}") from None
+    if not isinstance(manifest, dict):
+        raise SourceError(502, "Broken manifest", f"{location.uri(key)} is not a JSON object")
+    return manifest
+
+
+def presigned_url(location: Location, key: str, filename: str, client: Any = None) -> str:
+    """A short-lived GET URL of one object, downloaded as ``filename`` (signed locally: no request)."""
+    params: dict[str, Any] = {
+        "Bucket": location.bucket,
+        "Key": key,
+        "ResponseContentDisposition": f'attachment; filename="{filename}"',
+        **_owner_args(location),
+    }
+    client = client or _s3_client(location)
+    return str(client.generate_presigned_url("get_object", Params=params, ExpiresIn=PRESIGN_SECONDS))
+
+
+class SnapshotCache:
+    """The last manifest read per location, kept ``ttl`` seconds (errors are never cached)."""
+
+    def __init__(
+        self,
+        ttl: float = CACHE_SECONDS,
+        fetch: Callable[[Location], dict[str, Any]] = fetch_manifest,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self._fetch = fetch
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[Location, tuple[float, Snapshot]] = {}
+
+    def get(self, location: Location) -> Snapshot:
+        """The cached snapshot of ``location``, or a fresh read."""
+        now = self._clock()
+        with self._lock:
+            hit = self._entries.get(location)
+            if hit and now - hit[0] < self.ttl:
+                return hit[1]
+        manifest = self._fetch(location)
+        snapshot = Snapshot(location, manifest, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        with self._lock:
+            self._entries = {location: (now, snapshot)}  # one configuration at a time: no growth
+        return snapshot

@@ -1,0 +1,405 @@
+"""
+Reruns, backfills and concurrent runs on a real Airflow: scheduler (LocalExecutor), DAG processor and API
+server on loopback, a private PostgreSQL 15, moto behind the loopback AWS gateway. Everything is driven
+through the REST API (``/api/v2``) as the UI does it: trigger, watch task instances, clear one mapped task
+instance with its downstream tasks, create backfills.
+
+One cluster for the module (``tests/e2e/scheduler.py``); the tests share it and run in file order.
+World: three accounts (A payer, B, C) x two regions, seven listed instances.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from include.cmdb_inventory import emulator, sandbox
+from include.cmdb_inventory.storage import safe_segment
+from tests.aws_gateway import AwsGateway
+from tests.e2e.scheduler import (
+    ACCOUNT_A,
+    ACCOUNT_B,
+    ACCOUNT_C,
+    PREFIX,
+    REGIONS,
+    AirflowApi,
+    AirflowCluster,
+    Org,
+    Postgres,
+    cluster_env,
+    discovery_role,
+    without_collected_at,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.scheduler, pytest.mark.xdist_group("scheduler")]
+
+log = logging.getLogger(__name__)
+
+DAG_ID = sandbox.DAG_ID
+CSV, MANIFEST = "ec2_inventory.csv", "manifest.json"
+ACCOUNTS = (ACCOUNT_A, ACCOUNT_B, ACCOUNT_C)
+# Every run misses this deadline (3 s after it was queued), so every run proves the alert.
+DEADLINE_MINUTES = "0.05"
+
+
+@dataclass
+class Env:
+    """The module's cluster, its API, the gateway and the organisation."""
+
+    api: AirflowApi
+    gateway: AwsGateway
+    org: Org
+    cluster: AirflowCluster
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """PostgreSQL, the gateway and world, ``airflow db migrate``, then the three Airflow components."""
+    started = time.monotonic()
+    workdir = tmp_path_factory.mktemp("scheduler")  # the components' logs stay there (pytest keeps 3)
+    home = workdir / "home"
+    home.mkdir()
+    with AwsGateway(seed=11) as gateway, Postgres() as pg:
+        org = Org(gateway.url, gateway.moto_url)
+        variable = {**emulator.demo_variable(org.world), "regions": REGIONS}
+        base = sandbox.airflow_env(home, emulator.demo_connection(gateway.url), variable)
+        base["CMDB_EC2_INVENTORY_DEADLINE_MINUTES"] = DEADLINE_MINUTES
+        port = sandbox.free_port()
+        with AirflowCluster(workdir, cluster_env(base, home, pg.url, port), port) as cluster:
+            migrate = cluster.migrate()
+            org.ensure()  # seeds while the database migrates
+            cluster.wait_migrated(migrate)
+            cluster.start(DAG_ID)
+            cluster.api.patch(f"/dags/{DAG_ID}", {"is_paused": False})  # the UI's toggle
+            timings = {"cluster_ready": time.monotonic() - started, **cluster.timings}
+            log.warning("Airflow cluster ready: %s", timings)
+            yield Env(cluster.api, gateway, org, cluster, timings)
+            log.warning("Airflow cluster: module took %.0f s", time.monotonic() - started)
+        org.reset()  # leave moto empty for the next module of this process
+
+
+@pytest.fixture(autouse=True)
+def _no_rules(env: Env) -> Iterator[None]:
+    env.gateway.clear_rules()
+    yield
+    env.gateway.clear_rules()
+    env.cluster.check_alive()
+
+
+def tis_of(api: AirflowApi, run_id: str) -> dict[str, dict[str, Any]]:
+    """A run's task instances by task id, mapped ones by their label's account id."""
+    found: dict[str, dict[str, Any]] = {}
+    for ti in api.task_instances(DAG_ID, run_id):
+        label = ti["task_id"]
+        if ti["map_index"] >= 0:
+            label = f"{ti['task_id']}[{str(ti['rendered_map_index']).split(' ')[0]}]"
+        found[label] = ti
+    return found
+
+
+def state_try(ti: Mapping[str, Any]) -> tuple[str, int]:
+    """A task instance's (state, try number)."""
+    return str(ti["state"]), int(ti["try_number"])
+
+
+def staging(run_id: str, ds: str) -> str:
+    """The run's staging prefix (contract: run-specific)."""
+    return f"{PREFIX}/_staging/ds={ds}/run={safe_segment(run_id)}"
+
+
+def notifications(org: Org, ds: str, run_id: str) -> list[str]:
+    """The CMDB team's notifications of one run (one per try of notify_cmdb), oldest first."""
+    return [m for m in org.messages(wait=2) if m.startswith(f"EC2 inventory for {ds} (run {run_id})")]
+
+
+def notification(org: Org, ds: str, run_id: str) -> str:
+    """The CMDB team's one notification of a run."""
+    found = notifications(org, ds, run_id)
+    assert len(found) == 1, (run_id, org.inbox)
+    return found[0]
+
+
+def overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two runs or task instances were running at the same time."""
+    return bool(a["start_date"] < b["end_date"] and b["start_date"] < a["end_date"])
+
+
+@dataclass
+class Clean:
+    """The clean snapshot made by two concurrent runs of today's date."""
+
+    ds: str
+    runs: dict[str, dict[str, Any]]
+    rows: list[dict[str, str]]
+    csv: bytes
+    manifest: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def clean(env: Env) -> Clean:
+    """Two runs triggered at once for the same date (runs without a logical date: today); B overwrites."""
+    api, org = env.api, env.org
+    a = api.trigger(DAG_ID, logical_date=None)
+    b = api.trigger(DAG_ID, logical_date=None, conf={"overwrite": True})
+    runs = {"a": api.wait_run(DAG_ID, a["dag_run_id"]), "b": api.wait_run(DAG_ID, b["dag_run_id"])}
+    ds = str(runs["b"]["run_after"])[:10]
+    csv = org.get(org.key(ds, CSV))
+    manifest = org.json(org.key(ds, MANIFEST))
+    assert csv is not None, env.cluster.logs()
+    assert manifest is not None
+    return Clean(ds, runs, without_collected_at(org.rows(org.key(ds, CSV))), csv, manifest)
+
+
+def test_two_runs_in_flight_never_mix_their_parts(env: Env, clean: Clean) -> None:
+    api, org = env.api, env.org
+    a, b = clean.runs["a"], clean.runs["b"]
+    assert (a["state"], b["state"]) == ("success", "success")
+    assert str(a["run_after"])[:10] == clean.ds  # one date, two runs
+    assert overlap(a, b), (a, b)
+
+    # Each run scanned every account into its own staging prefix; each status names its own run.
+    for run in (a, b):
+        prefix = staging(run["dag_run_id"], clean.ds)
+        assert sorted(org.keys(f"{prefix}/parts/")) == [f"{prefix}/parts/{x}.csv.gz" for x in ACCOUNTS]
+        for account in ACCOUNTS:
+            status = org.json(f"{prefix}/status/{account}.json")
+            assert status is not None
+            assert status["dag_run_id"] == run["dag_run_id"]
+    # Their merges never ran at the same time (one merge at a time across runs).
+    merges = [tis_of(api, r["dag_run_id"])["merge_inventory"] for r in (a, b)]
+    assert not overlap(*merges), merges
+
+    # The date's snapshot is wholly B's (B asked to overwrite): its CSV is exactly the header and B's parts.
+    assert clean.manifest["dag_run_id"] == b["dag_run_id"]
+    assert clean.manifest["complete"] is True
+    prefix = staging(b["dag_run_id"], clean.ds)
+    parts = b"".join(gzip.decompress(org.get(f"{prefix}/parts/{x}.csv.gz") or b"") for x in ACCOUNTS)
+    header, _, body = clean.csv.partition(b"\r\n")
+    assert header.startswith(b"Account,Region,InstanceId,Name")
+    assert body == parts
+    assert hashlib.sha256(clean.csv).hexdigest() == clean.manifest["csv_sha256"]
+    assert org.head(org.key(clean.ds, CSV))["Metadata"]["dag-run-id"] == b["dag_run_id"]
+    assert len(clean.rows) == len(org.expected()) == 7
+
+    # A's notification says what A did: wrote first (then B overwrote), or kept B's complete snapshot.
+    text_a = notification(org, clean.ds, a["dag_run_id"])
+    assert "not rewritten by this run" in text_a or "Why:      no snapshot for this date yet" in text_a
+    text_b = notification(org, clean.ds, b["dag_run_id"])
+    assert "Accounts: 3 of 3 covered" in text_b
+
+
+def test_clear_one_mapped_task_rescans_only_that_account(env: Env, clean: Clean) -> None:
+    api, org, gateway = env.api, env.org, env.gateway
+    ds = "2026-09-01"
+    broken = gateway.deny_assume_role(discovery_role(ACCOUNT_B))
+    gateway.reset_calls()
+    run_id = api.trigger(DAG_ID, logical_date=f"{ds}T02:00:00Z")["dag_run_id"]
+    assert api.wait_run(DAG_ID, run_id)["state"] == "failed"
+
+    # Exactly B's mapped task failed, once (no retries); the run is red because coverage is short.
+    tis = tis_of(api, run_id)
+    assert state_try(tis[f"scan_account[{ACCOUNT_B}]"]) == ("failed", 1)
+    assert state_try(tis[f"scan_account[{ACCOUNT_A}]"]) == ("success", 1)
+    assert state_try(tis[f"scan_account[{ACCOUNT_C}]"]) == ("success", 1)
+    assert tis[f"scan_account[{ACCOUNT_B}]"]["rendered_map_index"] == f"{ACCOUNT_B} (Development)"
+    assert state_try(tis["merge_inventory"]) == ("success", 1)
+    assert state_try(tis["notify_cmdb"]) == ("success", 1)
+    assert state_try(tis["check_coverage"]) == ("failed", 1)
+    assert gateway.count(action="AssumeRole", role_arn=discovery_role(ACCOUNT_B)) == 1
+    manifest = org.json(org.key(ds, MANIFEST))
+    assert manifest is not None
+    assert manifest["complete"] is False
+    assert [a["status"] for a in manifest["accounts"] if a["id"] == ACCOUNT_B] == ["ROLE_NOT_ASSUMABLE"]
+    alerts = [m for m in org.messages(wait=2) if m.startswith("cmdb_ec2_inventory: scan_account")]
+    assert any(f"for account {ACCOUNT_B} (Development) failed (run {run_id}, try 1)" in m for m in alerts)
+
+    # The role is fixed; clear B's task instance and its downstream tasks (the UI's "Clear").
+    broken.remove()
+    gateway.reset_calls()
+    api.clear(DAG_ID, run_id, [["scan_account", tis[f"scan_account[{ACCOUNT_B}]"]["map_index"]]])
+    assert api.wait_run(DAG_ID, run_id)["state"] == "success", env.cluster.logs()
+
+    # Only B was scanned again; resolve_accounts did not run again (merge used its plan from the first try).
+    assert gateway.count(action="AssumeRole", role_arn=discovery_role(ACCOUNT_B)) == 1
+    for account in (ACCOUNT_A, ACCOUNT_C):
+        assert gateway.count(action="AssumeRole", role_arn=discovery_role(account)) == 0
+        assert gateway.count(service="ec2", account=account) == 0
+    tis = tis_of(api, run_id)
+    assert state_try(tis[f"scan_account[{ACCOUNT_B}]"]) == ("success", 2)
+    assert state_try(tis[f"scan_account[{ACCOUNT_A}]"]) == ("success", 1)
+    assert state_try(tis["resolve_accounts"]) == ("success", 1)
+    assert state_try(tis["merge_inventory"]) == ("success", 2)
+    assert state_try(tis["check_coverage"]) == ("success", 2)
+
+    # Green, with a complete CSV equal to a clean run's apart from the collection times.
+    manifest = org.json(org.key(ds, MANIFEST))
+    assert manifest is not None
+    assert manifest["complete"] is True
+    assert manifest["dag_run_id"] == run_id
+    assert without_collected_at(org.rows(org.key(ds, CSV))) == clean.rows
+    first, second = notifications(org, ds, run_id)  # one per try of notify_cmdb
+    assert "Complete: no" in first
+    assert "Complete: yes" in second
+    assert "Why:      replaces this run's own earlier attempt" in second
+
+
+def _previous_snapshot(org: Org, clean: Clean, ds: str, *, partial: bool) -> None:
+    """
+    Write a snapshot for ``ds`` as an earlier deployment would have: the clean snapshot's content, or,
+    ``partial``, without B (its role not assumable then).
+    """
+    manifest = json.loads(json.dumps(clean.manifest))
+    csv = clean.csv
+    manifest.update(
+        {
+            "ds": ds,
+            "logical_date": f"{ds}T02:00:00+00:00",
+            "dag_run_id": f"scheduled__{ds}T02:00:00+00:00",
+            "csv_key": org.key(ds, CSV),
+            "csv_uri": f"s3://{org.bucket}/{org.key(ds, CSV)}",
+        }
+    )
+    if partial:
+        lines = csv.split(b"\r\n")
+        csv = b"\r\n".join(x for x in lines if not x.startswith(ACCOUNT_B.encode()))
+        manifest["coverage"] = [e for e in manifest["coverage"] if e["account"] != ACCOUNT_B] + [
+            {
+                "account": ACCOUNT_B,
+                "account_name": "Development",
+                "region": None,
+                "status": "ROLE_NOT_ASSUMABLE",
+                "instances": 0,
+                "error": {"code": "AccessDenied", "message": "not authorized to perform: sts:AssumeRole"},
+            }
+        ]
+        manifest.update({"complete": False, "accounts_covered": 2, "row_count": csv.count(b"\r\n") - 1})
+    manifest["csv_sha256"] = hashlib.sha256(csv).hexdigest()
+    org.put(org.key(ds, CSV), csv, ContentType="text/csv; charset=utf-8")
+    org.put(org.key(ds, MANIFEST), json.dumps(manifest).encode(), ContentType="application/json")
+
+
+def _backfill_runs(api: AirflowApi, dates: list[str]) -> dict[str, dict[str, Any]]:
+    """The finished backfill run of each date."""
+    runs: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 60
+    while len(runs) < len(dates):
+        for run in api.runs(DAG_ID, run_type="backfill"):
+            ds = str(run["logical_date"])[:10]
+            if ds in dates:
+                runs[ds] = run
+        assert time.monotonic() < deadline, f"backfill runs not created: {runs}"
+        time.sleep(1)
+    return {ds: api.wait_run(DAG_ID, run["dag_run_id"]) for ds, run in runs.items()}
+
+
+def test_backfill_three_dates(env: Env, clean: Clean) -> None:
+    api, org = env.api, env.org
+    complete, partial, empty = "2026-09-02", "2026-09-03", "2026-09-04"
+    _previous_snapshot(org, clean, complete, partial=False)
+    _previous_snapshot(org, clean, partial, partial=True)
+    kept = {name: org.get(org.key(complete, name)) for name in (CSV, MANIFEST)}
+
+    backfill = api.backfill(DAG_ID, f"{complete}T00:00:00Z", f"{empty}T23:00:00Z")
+    runs = _backfill_runs(api, [complete, partial, empty])
+    api.wait_backfill(backfill["id"])  # one backfill at a time per DAG
+    assert {ds: r["state"] for ds, r in runs.items()} == dict.fromkeys((complete, partial, empty), "success")
+
+    # One snapshot per date at the contracted keys, each complete and equal to a clean run's.
+    for ds in (complete, partial, empty):
+        manifest = org.json(org.key(ds, MANIFEST))
+        assert manifest is not None
+        assert manifest["complete"] is True
+        assert manifest["csv_key"] == org.key(ds, CSV)
+        assert without_collected_at(org.rows(org.key(ds, CSV))) == clean.rows
+
+    # The complete date was not scanned again nor overwritten; its log and notification say so.
+    assert {name: org.get(org.key(complete, name)) for name in (CSV, MANIFEST)} == kept
+    run_id = runs[complete]["dag_run_id"]
+    assert org.keys(f"{staging(run_id, complete)}/parts/") == []
+    tis = tis_of(api, run_id)
+    assert tis["scan_account"]["state"] == "skipped"  # mapped over no account
+    why = f"a complete snapshot for {complete} already exists (run scheduled__{complete}T02:00:00+00:00)"
+    resolve_log = api.task_log(DAG_ID, run_id, "resolve_accounts", tis["resolve_accounts"]["try_number"])
+    assert why in resolve_log
+    assert "overwrite=true" in resolve_log
+    text = notification(org, complete, run_id)
+    assert "(not rewritten by this run)" in text
+    assert why in text
+
+    # The partial date was replaced by the more complete snapshot; the empty one written.
+    replaced = org.json(org.key(partial, MANIFEST))
+    assert replaced is not None
+    assert replaced["dag_run_id"] == runs[partial]["dag_run_id"]
+    assert "replaces a partial snapshot" in notification(org, partial, runs[partial]["dag_run_id"])
+    assert "no snapshot for this date yet" in notification(org, empty, runs[empty]["dag_run_id"])
+    # latest/ only moves forward: it still holds today's snapshot.
+    latest = org.json(org.key("latest", MANIFEST))
+    assert latest is not None
+    assert latest["ds"] == clean.ds
+
+
+def test_overwrite_param_replaces_a_complete_snapshot(env: Env, clean: Clean) -> None:
+    api, org = env.api, env.org
+    ds = "2026-09-02"  # complete since before the previous test's backfill, which kept it
+    if org.json(org.key(ds, MANIFEST)) is None:  # this test alone
+        _previous_snapshot(org, clean, ds, partial=False)
+    before = org.json(org.key(ds, MANIFEST))
+    assert before is not None
+    assert before["complete"] is True
+
+    # Backfill the date again, reprocessing completed runs, with the Param overwrite=true.
+    backfill = api.backfill(
+        DAG_ID, f"{ds}T00:00:00Z", f"{ds}T23:00:00Z", reprocess_behavior="completed", conf={"overwrite": True}
+    )
+    run = api.wait_run(DAG_ID, _backfill_runs(api, [ds])[ds]["dag_run_id"])
+    api.wait_backfill(backfill["id"])
+    assert run["state"] == "success"
+    assert run["conf"] == {"overwrite": True}
+
+    after = org.json(org.key(ds, MANIFEST))
+    assert after is not None
+    assert after["dag_run_id"] == run["dag_run_id"] != before["dag_run_id"]
+    assert after["collected_at"] > before["collected_at"]
+    assert without_collected_at(org.rows(org.key(ds, CSV))) == clean.rows
+    assert len(org.keys(f"{staging(run['dag_run_id'], ds)}/parts/")) == 3
+    *_, text = notifications(org, ds, run["dag_run_id"])  # a rerun of the backfill's run: its latest
+    assert "Why:      overwrite requested by the run's 'overwrite' param" in text
+
+
+def test_every_late_run_raised_a_deadline_alert(env: Env, clean: Clean) -> None:
+    api, org = env.api, env.org
+    runs = api.runs(DAG_ID)
+    assert len(runs) >= 6
+    deadline = time.monotonic() + 90
+    while True:
+        missing = [
+            r["dag_run_id"]
+            for r in runs
+            if not any(m.startswith(f"cmdb_ec2_inventory: run {r['dag_run_id']} has not") for m in org.inbox)
+        ]
+        if not missing or time.monotonic() > deadline:
+            break
+        org.messages(wait=2)
+    assert missing == [], org.inbox
+    # The UI shows each run's deadline as missed; it was due 3 s after the run was first queued.
+    for run in runs:
+        (row,) = api.ui_get(f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/deadlines")["deadlines"]
+        assert row["missed"] is True
+    a = clean.runs["a"]
+    (row,) = api.ui_get(f"/dags/{DAG_ID}/dagRuns/{a['dag_run_id']}/deadlines")["deadlines"]
+    due = datetime.fromisoformat(str(row["deadline_time"]).replace("Z", "+00:00"))
+    queued = datetime.fromisoformat(str(a["queued_at"]).replace("Z", "+00:00"))
+    assert abs((due - queued).total_seconds() - 3.0) < 0.5
+    text = next(m for m in org.inbox if m.startswith(f"cmdb_ec2_inventory: run {a['dag_run_id']} has not"))
+    assert "(0.05 minutes after the run was queued)" in text
+    assert f"Deadline: {due:%Y-%m-%d %H:%M:%S}" in text

@@ -1,0 +1,496 @@
+"""The coverage page plugin without a browser: its model, its HTML (escaping), its app, its S3 source."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cmdb_inventory_ui import coverage_page
+from cmdb_inventory_ui.coverage_source import Location, SnapshotCache, SourceError, fetch_manifest
+
+PREFIX = "cmdb/ec2-inventory"
+BUCKET = "example-corp-cmdb"
+LOCATION = Location(bucket=BUCKET, prefix=PREFIX, region_name="us-east-1")
+CSV_KEY = f"{PREFIX}/ds=2026-11-20/ec2_inventory.csv"
+
+
+def ok(account: str, name: str, region: str, instances: int) -> dict[str, Any]:
+    return {
+        "account": account,
+        "account_name": name,
+        "region": region,
+        "status": "OK",
+        "instances": instances,
+    }
+
+
+def manifest(**overrides: Any) -> dict[str, Any]:
+    """A manifest shaped like merge_inventory's: two accounts scanned, one role broken, one region denied."""
+    doc: dict[str, Any] = {
+        "schema_version": 1,
+        "dag_id": "cmdb_ec2_inventory",
+        "dag_run_id": "scheduled__2026-11-20T02:00:00+00:00",
+        "ds": "2026-11-20",
+        "logical_date": "2026-11-20T02:00:00+00:00",
+        "collected_at": "2026-11-20T02:04:11Z",
+        "csv_key": CSV_KEY,
+        "csv_uri": f"s3://{BUCKET}/{CSV_KEY}",
+        "row_count": 5,
+        "complete": False,
+        "accounts_expected": 3,
+        "accounts_covered": 1,
+        "regions_scanned": 3,
+        "regions_disabled": 1,
+        "denied_regions_fail_coverage": True,
+        "coverage": [
+            ok("111111111111", "Payer", "eu-west-1", 2),
+            ok("111111111111", "Payer", "us-east-1", 1),
+            {
+                "account": "111111111111",
+                "account_name": "Payer",
+                "region": "ap-east-1",
+                "status": "REGION_DISABLED",
+                "instances": 0,
+                "error": {"code": "OptInStatus", "message": "region is not-opted-in"},
+            },
+            ok("222222222222", "Development", "eu-west-1", 2),
+            {
+                "account": "222222222222",
+                "account_name": "Development",
+                "region": "us-east-1",
+                "status": "REGION_DENIED",
+                "instances": 0,
+                "error": {"code": "UnauthorizedOperation", "message": "explicit deny in an SCP"},
+            },
+            {
+                "account": "333333333333",
+                "account_name": "Testing",
+                "region": None,
+                "status": "ROLE_NOT_ASSUMABLE",
+                "instances": 0,
+                "error": {"code": "AccessDenied", "message": "not authorized to perform: sts:AssumeRole"},
+            },
+        ],
+    }
+    doc.update(overrides)
+    return doc
+
+
+def model_of(doc: dict[str, Any]) -> dict[str, Any]:
+    return coverage_page.build_model(doc, bucket=BUCKET, prefix=PREFIX, region="us-east-1")
+
+
+def test_model_is_an_accounts_by_regions_grid_with_totals_and_reasons() -> None:
+    model = model_of(manifest())
+    assert model["regions"] == ["ap-east-1", "eu-west-1", "us-east-1"]
+    rows = {a["id"]: a for a in model["accounts"]}
+    assert list(rows) == ["111111111111", "222222222222", "333333333333"]
+    payer = rows["111111111111"]
+    assert (payer["name"], payer["instances"], payer["status"], payer["reason"]) == ("Payer", 3, "OK", "")
+    assert {r: c["status"] for r, c in payer["cells"].items()} == {
+        "ap-east-1": "REGION_DISABLED",
+        "eu-west-1": "OK",
+        "us-east-1": "OK",
+    }
+    assert payer["cells"]["eu-west-1"]["title"] == "111111111111 (Payer) · eu-west-1: OK, 2 instances"
+    dev = rows["222222222222"]
+    assert dev["status"] == "REGION_DENIED"
+    assert dev["reason"] == "us-east-1: REGION_DENIED"
+    broken = rows["333333333333"]
+    assert broken["failure"]["status"] == "ROLE_NOT_ASSUMABLE"
+    assert broken["reason"] == "ROLE_NOT_ASSUMABLE · AccessDenied"
+    assert "sts:AssumeRole" in broken["reason_title"]
+    assert [(f["account"], f["region"], f["status"], f["code"], f["gap"]) for f in model["failures"]] == [
+        ("222222222222", "us-east-1", "REGION_DENIED", "UnauthorizedOperation", True),
+        ("333333333333", None, "ROLE_NOT_ASSUMABLE", "AccessDenied", True),
+    ]
+    assert model["totals"] == {
+        "rows": 5,
+        "instances": 5,
+        "accounts_expected": 3,
+        "accounts_covered": 1,
+        "regions": 3,
+        "regions_scanned": 3,
+        "regions_disabled": 1,
+        "gaps": 2,
+    }
+    assert model["snapshot"]["complete"] is False
+    assert model["csv"]["download"] == "download/inventory"
+    assert model["csv"]["console_url"].startswith(
+        "https://s3.console.aws.amazon.com/s3/object/example-corp-cmdb?"
+    )
+    assert model["changes"] is None
+    assert {item["status"]: item["count"] for item in model["legend"]}["OK"] == 3
+
+
+def test_denied_regions_are_not_gaps_when_configured_so() -> None:
+    model = model_of(manifest(denied_regions_fail_coverage=False))
+    assert [f["gap"] for f in model["failures"]] == [False, True]
+    assert "(not a gap)" in coverage_page.render_page(model)
+
+
+def test_the_page_shows_the_grid_legend_failures_and_csv() -> None:
+    html = coverage_page.render_page(model_of(manifest()))
+    assert 'id="grid"' in html
+    assert html.count('<tr data-account="') == 3 + 2  # grid rows, then failure rows
+    for status in (
+        "OK",
+        "REGION_DISABLED",
+        "REGION_DENIED",
+        "ROLE_NOT_ASSUMABLE",
+        "THROTTLED",
+        "ERROR",
+        "TASK_FAILED",
+    ):
+        assert f"</span>{status}" in html  # the legend names every status
+    assert f"s3://{BUCKET}/{CSV_KEY}" in html
+    assert 'href="download/inventory"' in html
+    assert "not authorized to perform: sts:AssumeRole" in html
+    assert 'id="changes-none"' in html  # no changes summary in this manifest
+    assert "1<small> of 3</small>" in html
+
+
+HOSTILE_NAME = "<script>alert('name')</script>"
+HOSTILE_MESSAGE = '<img src=x onerror="alert(1)">denied'
+HOSTILE_ATTRIBUTE = '" onmouseover="alert(2)'
+
+
+def hostile_manifest() -> dict[str, Any]:
+    doc = manifest()
+    for entry in doc["coverage"]:
+        if entry["account"] == "333333333333":
+            entry["account_name"] = HOSTILE_NAME
+            entry["error"] = {"code": HOSTILE_ATTRIBUTE, "message": HOSTILE_MESSAGE}
+    doc["coverage"].append(
+        {"account": "444444444444", "account_name": "x", "region": "<em>eu</em>", "status": "<u>NEW</u>"}
+    )
+    doc["dag_run_id"] = "</title><script>alert(3)</script>"
+    doc["changes"] = {
+        "status": "COMPARED",
+        "previous_ds": "2026-11-19",
+        "added": 1,
+        "top": [{"change": "ADDED", "account": "111111111111", "name": "<svg onload=alert(4)>"}],
+        "key": f"{PREFIX}/ds=2026-11-20/changes.csv",
+    }
+    doc["accounts_not_scanned"] = [{"id": "555555555555", "name": "<iframe src=//evil>", "reason": "x"}]
+    return doc
+
+
+def test_hostile_manifest_values_are_escaped_everywhere() -> None:
+    html = coverage_page.render_page(model_of(hostile_manifest()))
+    tags = set(re.findall(r"<\s*([a-zA-Z]+)", html))
+    assert not tags & {"script", "img", "svg", "iframe", "em", "u"}, tags
+    assert "&lt;script&gt;alert(&#39;name&#39;)&lt;/script&gt;" in html
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;denied" in html
+    assert "&lt;svg onload=alert(4)&gt;" in html
+    assert "&lt;iframe src=//evil&gt;" in html
+    assert 'onmouseover="' not in html  # the quote cannot close an attribute
+    assert "&#34; onmouseover=&#34;alert(2)" in html
+
+
+def test_unknown_statuses_and_garbage_values_do_not_break_the_page() -> None:
+    doc = manifest(row_count="many", accounts_expected=None, coverage=[*manifest()["coverage"], 7, None])
+    doc["coverage"].append(
+        {"account": "444444444444", "region": "eu-west-1", "status": "SUSPENDED", "instances": "x"}
+    )
+    doc["changes"] = "not a mapping"
+    model = model_of(doc)
+    assert model["totals"]["rows"] == 0
+    assert model["totals"]["accounts_expected"] == 4  # counted from the ledger instead
+    cell = next(a for a in model["accounts"] if a["id"] == "444444444444")["cells"]["eu-west-1"]
+    assert (cell["status"], cell["css"], cell["instances"]) == ("SUSPENDED", "other", 0)
+    assert {
+        "status": "SUSPENDED",
+        "css": "other",
+        "meaning": coverage_page.OTHER_INFO[1],
+        "count": 1,
+    } in model["legend"]
+    assert model["changes"] is None
+    assert "SUSPENDED" in coverage_page.render_page(model)
+    assert coverage_page.render_page(model_of({}))  # an empty manifest still renders
+
+
+def test_changes_summary_is_shown_when_present() -> None:
+    doc = manifest(
+        changes={
+            "status": "COMPARED",
+            "detail": "compared with 2026-11-19",
+            "previous_ds": "2026-11-19",
+            "previous_run_id": "scheduled__2026-11-19T02:00:00+00:00",
+            "added": 1,
+            "removed": 2,
+            "changed": 3,
+            "not_verified": 4,
+            "key": f"{PREFIX}/ds=2026-11-20/changes.csv",
+            "top": [
+                {
+                    "change": "CHANGED",
+                    "account": "111111111111",
+                    "region": "eu-west-1",
+                    "instance_id": "i-1",
+                    "name": "web",
+                    "field": "State",
+                    "old_value": "running",
+                    "new_value": "stopped",
+                },
+            ],
+            "not_verified_groups": [
+                {
+                    "account": "333333333333",
+                    "region": "eu-west-1",
+                    "reason": "ROLE_NOT_ASSUMABLE",
+                    "instances": 4,
+                }
+            ],
+        }
+    )
+    model = model_of(doc)
+    changes = model["changes"]
+    assert (changes["added"], changes["removed"], changes["changed"], changes["not_verified"]) == (1, 2, 3, 4)
+    assert changes["download"] == "download/changes"
+    html = coverage_page.render_page(model)
+    assert '<span class="add">+1</span>' in html
+    assert "since 2026-11-19" in html
+    assert "<td>State</td>" in html
+    assert "running" in html
+    assert "stopped" in html
+    assert "333333333333 eu-west-1 (4: ROLE_NOT_ASSUMABLE)" in html
+    # The minimal shape (counts and top only, no status) is a comparison too.
+    minimal = model_of(manifest(changes={"previous_ds": "2026-11-19", "added": 1, "top": []}))
+    assert minimal["changes"]["compared"] is True
+    nothing = model_of(manifest(changes={"status": "NO_PREVIOUS", "detail": "no snapshot before 2026-11-20"}))
+    assert nothing["changes"]["compared"] is False
+    assert nothing["changes"]["download"] is None
+    assert "no snapshot before 2026-11-20" in coverage_page.render_page(nothing)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["other/prefix/ds=2026-11-20/ec2_inventory.csv", f"{PREFIX}/../secrets.csv", f"{PREFIX}/x.json", ""],
+)
+def test_downloads_are_offered_only_for_csvs_under_the_prefix(key: str) -> None:
+    model = model_of(manifest(csv_key=key, changes={"status": "COMPARED", "key": key}))
+    assert model["csv"]["download"] is None
+    assert coverage_page.download_key(model, "inventory") is None
+    assert coverage_page.download_key(model, "changes") is None
+    assert coverage_page.download_key(model_of(manifest()), "inventory") == CSV_KEY
+    assert coverage_page.download_key(model_of(manifest()), "../../etc") is None
+
+
+def test_content_security_policy_allows_the_page_stylesheet_and_nothing_else() -> None:
+    html = coverage_page.render_page(model_of(manifest()))
+    [css] = re.findall(r"<style>(.*?)</style>", html, flags=re.S)
+    digest = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+    policy = coverage_page.content_security_policy()
+    assert f"style-src 'sha256-{digest}'" in policy
+    assert policy.startswith("default-src 'none';")
+    assert "frame-ancestors 'self'" in policy
+    assert "http" not in css  # no external font, image or import
+
+
+def test_console_url_follows_the_partition() -> None:
+    assert coverage_page.console_url("b", "k/x.csv", "cn-north-1").startswith("https://console.amazonaws.cn/")
+    assert coverage_page.console_url("b", "k/x.csv", "us-gov-west-1").startswith(
+        "https://console.amazonaws-us-gov.com/"
+    )
+    assert "prefix=k%2Fx.csv" in coverage_page.console_url("b", "k/x.csv", None)
+
+
+# ------------------------------------------------------------------------------------------- the app
+
+
+@pytest.fixture
+def app_factory() -> Callable[..., Any]:
+    from fastapi import HTTPException
+    from fastapi.testclient import TestClient
+
+    from cmdb_inventory_ui.coverage_api import create_app
+
+    def factory(
+        doc: dict[str, Any] | None = None, *, logged_in: bool = True, error: SourceError | None = None
+    ) -> tuple[Any, list[tuple[str, str]]]:
+        presigned: list[tuple[str, str]] = []
+
+        def locate() -> Location:
+            if error:
+                raise error
+            return LOCATION
+
+        def authorise() -> None:
+            if not logged_in:
+                raise HTTPException(401, "Not authenticated")
+
+        def presign(location: Location, key: str, filename: str) -> str:
+            presigned.append((key, filename))
+            return f"http://127.0.0.1:9/{key}?signed"
+
+        app = create_app(
+            locate=locate,
+            cache=SnapshotCache(fetch=lambda location: doc if doc is not None else manifest()),
+            authorise=authorise,
+            presign=presign,
+            login=lambda request: f"/auth/login?next={request.url}",
+        )
+        return TestClient(app, base_url="http://127.0.0.1", follow_redirects=False), presigned
+
+    return factory
+
+
+def test_app_serves_the_page_and_the_same_data_as_json(app_factory: Callable[..., Any]) -> None:
+    client, _ = app_factory()
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == coverage_page.content_security_policy()
+    assert page.headers["cache-control"] == "no-store"
+    assert 'id="grid"' in page.text
+    data = client.get("/coverage.json").json()
+    expected = model_of(manifest())
+    assert data["accounts"] == json.loads(json.dumps(expected["accounts"]))
+    assert data["failures"] == expected["failures"]
+    assert data["snapshot"]["manifest_uri"] == f"s3://{BUCKET}/{PREFIX}/latest/manifest.json"
+    assert client.post("/").status_code == 405  # read-only
+
+
+def test_app_download_redirects_to_a_presigned_url(app_factory: Callable[..., Any]) -> None:
+    client, presigned = app_factory(manifest(ds='2026-11-20"; x'))
+    answer = client.get("/download/inventory")
+    assert answer.status_code == 307
+    assert answer.headers["location"] == f"http://127.0.0.1:9/{CSV_KEY}?signed"
+    assert presigned == [(CSV_KEY, "ec2_inventory-2026-11-20___x.csv")]  # the untrusted date is sanitised
+    assert client.get("/download/changes").status_code == 404  # no changes in this manifest
+    assert client.get("/download/other").status_code == 404
+
+
+def test_app_sends_browsers_without_a_session_to_the_login(app_factory: Callable[..., Any]) -> None:
+    client, presigned = app_factory(logged_in=False)
+    page = client.get("/")
+    assert page.status_code == 302
+    assert page.headers["location"] == "/auth/login?next=http://127.0.0.1/"
+    for path in ("/coverage.json", "/download/inventory"):
+        assert client.get(path).status_code == 401
+    assert presigned == []
+    assert client.get("/icon.svg").status_code == 200  # the nav icon needs no session
+
+
+def test_app_says_why_there_is_nothing_to_show(app_factory: Callable[..., Any]) -> None:
+    client, _ = app_factory(error=SourceError(404, "No snapshot yet", "<b>s3://x/latest/manifest.json</b>"))
+    page = client.get("/")
+    assert page.status_code == 404
+    assert "No snapshot yet" in page.text
+    assert "&lt;b&gt;s3://x/latest/manifest.json&lt;/b&gt;" in page.text
+    assert client.get("/coverage.json").json() == {
+        "error": "No snapshot yet",
+        "detail": "<b>s3://x/latest/manifest.json</b>",
+    }
+
+
+# ------------------------------------------------------------------------------------------ the source
+
+
+def test_cache_keeps_a_manifest_briefly_and_never_keeps_errors() -> None:
+    now = [0.0]
+    reads: list[Location] = []
+    answers: list[Any] = [SourceError(502, "S3", "down"), {"ds": "1"}, {"ds": "2"}]
+
+    def fetch(location: Location) -> dict[str, Any]:
+        reads.append(location)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    cache = SnapshotCache(ttl=30, fetch=fetch, clock=lambda: now[0])
+    with pytest.raises(SourceError):
+        cache.get(LOCATION)
+    assert cache.get(LOCATION).manifest == {"ds": "1"}
+    now[0] = 29
+    assert cache.get(LOCATION).manifest == {"ds": "1"}
+    now[0] = 31
+    assert cache.get(LOCATION).manifest == {"ds": "2"}
+    assert len(reads) == 3
+
+
+def test_fetch_reads_latest_manifest_from_s3(moto_url: str) -> None:
+    import boto3
+
+    s3 = boto3.client(
+        "s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    location = Location(bucket="cmdb-ui-unit", prefix="team/inv")
+    s3.create_bucket(Bucket="cmdb-ui-unit")
+    with pytest.raises(SourceError) as missing:
+        fetch_manifest(location, s3)
+    assert missing.value.status == 404
+    assert "s3://cmdb-ui-unit/team/inv/latest/manifest.json" in missing.value.detail
+    s3.put_object(Bucket="cmdb-ui-unit", Key="team/inv/latest/manifest.json", Body=b"{not json")
+    with pytest.raises(SourceError) as broken:
+        fetch_manifest(location, s3)
+    assert broken.value.status == 502
+    s3.put_object(Bucket="cmdb-ui-unit", Key="team/inv/latest/manifest.json", Body=json.dumps(manifest()))
+    assert fetch_manifest(location, s3)["csv_key"] == CSV_KEY
+
+
+def test_location_comes_from_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cmdb_inventory_ui.coverage_source import location_from_variable
+
+    monkeypatch.setenv(
+        "AIRFLOW_VAR_CMDB_EC2_INVENTORY",
+        json.dumps(
+            {"accounts": ["111111111111"], "bucket": BUCKET, "prefix": "/team/inv/", "aws_conn_id": "hub"}
+        ),
+    )
+    assert location_from_variable() == Location(bucket=BUCKET, prefix="team/inv", aws_conn_id="hub")
+    monkeypatch.setenv("AIRFLOW_VAR_CMDB_EC2_INVENTORY", json.dumps({"accounts": ["111111111111"]}))
+    with pytest.raises(SourceError) as invalid:
+        location_from_variable()
+    assert invalid.value.status == 503
+    assert "bucket" in invalid.value.detail
+
+
+def test_loading_the_plugin_registers_one_page_and_imports_no_web_stack(tmp_path: Any) -> None:
+    """Every Airflow process loads plugins: ours must be one plugin, light, with the page and nav entry."""
+    code = (
+        "import json, sys\n"
+        "from airflow import plugins_manager\n"
+        "plugins, errors = plugins_manager._get_plugins()\n"
+        "ours = [p for p in plugins if 'cmdb_inventory_ui' in str(p.source)]\n"
+        "print(json.dumps({'names': [p.name for p in ours], 'errors': errors,\n"
+        "  'apps': [{k: v for k, v in a.items() if k != 'app'} for p in ours for a in p.fastapi_apps],\n"
+        "  'views': [v for p in ours for v in p.external_views],\n"
+        "  'heavy': sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette')\n"
+        "    or m.startswith(('coverage_', 'cmdb_inventory_ui.coverage')))}))\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(sandbox_root() / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": f"{sandbox_root()}:{sandbox_root() / 'plugins'}",
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["names"] == ["cmdb_inventory_coverage"]
+    assert found["errors"] == {}
+    assert found["apps"] == [{"url_prefix": "/cmdb-coverage", "name": "CMDB EC2 inventory coverage"}]
+    [view] = found["views"]
+    assert (view["href"], view["url_route"], view["destination"]) == (
+        "cmdb-coverage/",
+        "cmdb-coverage",
+        "nav",
+    )
+    assert found["heavy"] == []
+
+
+def sandbox_root() -> Any:
+    from include.cmdb_inventory.sandbox import ROOT
+
+    return ROOT

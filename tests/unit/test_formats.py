@@ -1,0 +1,244 @@
+"""Parquet next to the CSV (typed, streamed, versioned), the Athena symlinks, and their copies in latest/."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from moto import mock_aws
+
+from include.cmdb_inventory import coverage, formats, inventory
+from include.cmdb_inventory.config import Account, parse_settings
+from include.cmdb_inventory.formats import PARQUET_NAME, csv_to_parquet, parquet_metadata
+from include.cmdb_inventory.inventory import RunInfo, merge_inventory
+from include.cmdb_inventory.records import COLUMNS, Record, instance_record, sort_key
+from include.cmdb_inventory.storage import CSV_NAME, SnapshotStore, rows_to_csv
+
+REGION = "us-east-1"
+BUCKET = "cmdb-formats-bucket"
+PREFIX = "cmdb/ec2-inventory"
+A = Account("111111111111", 'Payer, "main"')
+DS = "2026-11-20"
+
+NAMES = ['=HYPERLINK("http://evil")', "multi\r\nline", 'quo"te, comma', "émoji 🚀", "", "@x", "-1", "plain"]
+
+
+def tricky_records(count: int, account: Account = A, region: str = REGION) -> list[Record]:
+    return sorted(
+        (
+            instance_record(
+                account.id,
+                account.name,
+                region,
+                {
+                    "InstanceId": f"i-{n:08d}",
+                    "InstanceType": "t3.micro",
+                    "State": {"Name": "running" if n % 3 else "stopped"},
+                    "PrivateIpAddress": f"10.0.{n // 250}.{n % 250}",
+                    "LaunchTime": None if n % 5 == 0 else datetime(2026, 1, 2, 3, 4, n % 60, tzinfo=UTC),
+                    "Tags": [
+                        {"Key": "Name", "Value": NAMES[n % len(NAMES)]},
+                        {"Key": "Team", "Value": "a\nb"},
+                    ],
+                },
+                "2026-11-20T02:00:07Z",
+            )
+            for n in range(count)
+        ),
+        key=sort_key,
+    )
+
+
+def csv_bytes(records: list[Record]) -> bytes:
+    text = io.StringIO()
+    rows_to_csv(records, text)
+    return text.getvalue().encode("utf-8")
+
+
+def csv_dicts(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+def as_csv_cell(value: Any) -> str:
+    """A Parquet cell in the CSV's spelling (timestamps back to ISO-8601 UTC, nulls empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def assert_same_as_csv(table: pa.Table, data: bytes) -> None:
+    assert table.column_names == list(COLUMNS)
+    assert [table.schema.field(c).type for c in ("LaunchTime", "CollectedAt")] == [
+        pa.timestamp("ms", tz="UTC")
+    ] * 2
+    assert {str(table.schema.field(c).type) for c in COLUMNS if c not in ("LaunchTime", "CollectedAt")} == {
+        "string"
+    }
+    parquet_rows = [{k: as_csv_cell(v) for k, v in row.items()} for row in table.to_pylist()]
+    assert parquet_rows == csv_dicts(data)
+
+
+def test_parquet_holds_the_csv_rows_typed_in_bounded_row_groups() -> None:
+    records = tricky_records(1_000)
+    data = csv_bytes(records)
+    out = io.BytesIO()
+    manifest = {"schema_version": 1, "ds": DS, "dag_run_id": "scheduled__x", "csv_sha256": "abc"}
+    counts = csv_to_parquet(
+        io.BytesIO(data), out, parquet_metadata(manifest), row_group_rows=300, block_bytes=16 * 1024
+    )
+    assert counts == {"row_count": 1_000, "row_groups": 4}
+
+    out.seek(0)
+    parquet = pq.ParquetFile(out)
+    assert parquet.metadata.num_row_groups == 4
+    assert [parquet.metadata.row_group(i).num_rows for i in range(4)] == [300, 300, 300, 100]
+    meta = parquet.schema_arrow.metadata
+    assert meta[b"cmdb_ec2_inventory.schema_version"] == b"1"
+    assert meta[b"cmdb_ec2_inventory.csv_schema_version"] == b"1"
+    assert meta[b"cmdb_ec2_inventory.ds"] == DS.encode()
+    assert meta[b"cmdb_ec2_inventory.csv_sha256"] == b"abc"
+    table = parquet.read()
+    assert_same_as_csv(table, data)
+    # Documented choice: cells are the CSV's, neutralisation included; empty timestamps are nulls.
+    names = set(table.column("Name").to_pylist())
+    assert {'\'=HYPERLINK("http://evil")', "multi\r\nline", "'@x", "'-1", "émoji 🚀"} <= names
+    assert table.column("LaunchTime").null_count == 200
+    assert table.column("LaunchTime")[1].as_py() == datetime(2026, 1, 2, 3, 4, 1, tzinfo=UTC)
+
+
+def test_conversion_memory_is_bounded_by_the_row_group_not_the_file() -> None:
+    def peak(count: int) -> tuple[int, int]:
+        data = csv_bytes(tricky_records(count))
+        pool = pa.proxy_memory_pool(pa.default_memory_pool())
+        csv_to_parquet(
+            io.BytesIO(data), io.BytesIO(), row_group_rows=500, block_bytes=64 * 1024, memory_pool=pool
+        )
+        return int(pool.max_memory()), len(data)
+
+    (small, _), (large, size) = peak(2_000), peak(20_000)
+    # Arrow's peak: about one row group and one CSV block, whether the CSV has 2,000 rows or 20,000 (3.6 MB).
+    assert large < small * 1.25, (small, large)
+    assert large < size / 4, (large, size)
+
+
+def test_a_csv_with_other_columns_is_refused() -> None:
+    with pytest.raises(ValueError, match="header"):
+        csv_to_parquet(io.BytesIO(b"Account,Region\r\n1,2\r\n"), io.BytesIO())
+
+
+# --- through merge_inventory, on moto's S3 ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mocked_aws() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+        }.items():
+            patch.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+            patch.delenv(name, raising=False)
+        with mock_aws():
+            yield
+
+
+@pytest.fixture
+def store(mocked_aws: None) -> SnapshotStore:
+    client = boto3.client("s3", region_name=REGION)
+    client.create_bucket(Bucket=BUCKET)
+    return SnapshotStore(client, BUCKET, PREFIX)
+
+
+def merge(store: SnapshotStore, records: list[Record], run_id: str, **config: Any) -> dict[str, Any]:
+    run = RunInfo("cmdb_ec2_inventory", run_id, DS, f"{DS}T02:00:00+00:00")
+    staging = store.layout.staging(DS, run_id)
+    part = store.layout.part(staging, A.id)
+    count = store.write_part(part, records)
+    regions = [{"region": REGION, "status": coverage.OK, "instances": count}]
+    store.put_json(
+        store.layout.status(staging, A.id),
+        inventory._status_doc(run, A, status=coverage.OK, regions=regions, instances=count, part_key=part),
+    )
+    settings = parse_settings({"accounts": [A.id], "bucket": BUCKET, "prefix": PREFIX, **config})
+    return merge_inventory(settings, run, store, [A.to_dict()], overwrite=True)
+
+
+def get(store: SnapshotStore, key: str) -> bytes:
+    return store.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def exists(store: SnapshotStore, key: str) -> bool:
+    return any(
+        o["Key"] == key for o in store.s3.list_objects_v2(Bucket=BUCKET, Prefix=key).get("Contents", [])
+    )
+
+
+def test_merge_writes_parquet_symlinks_and_latest_and_removes_them_when_turned_off(
+    store: SnapshotStore,
+) -> None:
+    layout = store.layout
+    parquet_key, csv_key = layout.snapshot(DS, PARQUET_NAME), layout.snapshot(DS, CSV_NAME)
+    summary = merge(store, tricky_records(40), "scheduled__one", parquet=True)
+    assert summary["parquet_uri"] == f"s3://{BUCKET}/{parquet_key}"
+
+    manifest = store.get_json(layout.snapshot(DS, "manifest.json"))
+    assert manifest is not None
+    entry = manifest["parquet"]
+    assert (entry["key"], entry["schema_version"], entry["row_count"], entry["row_groups"]) == (
+        parquet_key,
+        1,
+        40,
+        1,
+    )
+    body = get(store, parquet_key)
+    assert entry["bytes"] == len(body)
+    parquet = pq.ParquetFile(io.BytesIO(body))
+    assert parquet.schema_arrow.metadata[b"cmdb_ec2_inventory.csv_sha256"] == manifest["csv_sha256"].encode()
+    assert parquet.schema_arrow.metadata[b"cmdb_ec2_inventory.dag_run_id"] == b"scheduled__one"
+    assert_same_as_csv(parquet.read(), get(store, csv_key))
+    head = store.s3.head_object(Bucket=BUCKET, Key=parquet_key)
+    assert head["ContentType"] == formats.PARQUET_CONTENT_TYPE
+    assert head["ServerSideEncryption"] == "AES256"
+
+    # Athena: one symlink manifest per table and date, naming exactly the data file.
+    csv_link = f"{PREFIX}/athena/ec2_inventory_csv/ds={DS}/symlink.txt"
+    parquet_link = f"{PREFIX}/athena/ec2_inventory_parquet/ds={DS}/symlink.txt"
+    assert manifest["athena"] == {"csv_symlink_key": csv_link, "parquet_symlink_key": parquet_link}
+    assert get(store, csv_link) == f"s3://{BUCKET}/{csv_key}\n".encode()
+    assert get(store, parquet_link) == f"s3://{BUCKET}/{parquet_key}\n".encode()
+    assert get(store, layout.latest(PARQUET_NAME)) == body
+
+    # Turned off, a rerun of the date leaves no Parquet of the earlier run behind.
+    summary = merge(store, tricky_records(39), "manual__two")
+    assert summary["parquet_uri"] is None
+    assert not exists(store, parquet_key)
+    assert not exists(store, parquet_link)
+    assert not exists(store, layout.latest(PARQUET_NAME))
+    assert exists(store, csv_link)
+    manifest = store.get_json(layout.snapshot(DS, "manifest.json"))
+    assert manifest is not None
+    assert manifest["parquet"] is None
+    assert manifest["athena"]["parquet_symlink_key"] is None
+
+
+def test_the_parquet_setting_is_a_boolean_and_off_by_default() -> None:
+    from include.cmdb_inventory.config import ConfigError
+
+    base = {"accounts": [A.id], "bucket": BUCKET}
+    assert parse_settings(base).parquet is False
+    assert parse_settings({**base, "parquet": True}).parquet is True
+    with pytest.raises(ConfigError, match=r"cmdb_ec2_inventory\.parquet: must be true or false"):
+        parse_settings({**base, "parquet": "yes"})
