@@ -1,7 +1,8 @@
 """
 The engine without Airflow's scheduler: the DAG's steps from :mod:`include.cmdb_inventory.inventory`
 (resolve, ``scan_account`` per account in a thread pool of the configured concurrency, then
-``merge_inventory``), each account's step with its own store and hook, as its mapped task would.
+``merge_inventory``): each account with its own cross-account hook, as its mapped task; one S3 store
+(client) for the process, which the steps take as a parameter.
 
 Runs in a process of its own (fresh caches, its own CPU and memory):
 

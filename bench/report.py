@@ -37,6 +37,19 @@ def _find(runs: list[Mapping[str, Any]], name: str, world: str, latency: float) 
     return None
 
 
+def _same_accounts(runs: list[Mapping[str, Any]], like: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """An engine run at the same latency on accounts like ``like``'s (same regions and instances each)."""
+    shape = like["world"].split(" x ", 1)[1]
+    for run in runs:
+        if (
+            run["name"] == "engine"
+            and run["world"].split(" x ", 1)[1] == shape
+            and float(run["latency_ms"]) == float(like["latency_ms"])
+        ):
+            return run
+    return None
+
+
 def _floor(floors: list[Mapping[str, Any]], world: str, latency: float) -> Mapping[str, Any] | None:
     for floor in floors:
         if floor["world"] == world and float(floor["latency_ms"]) == latency:
@@ -84,12 +97,13 @@ def targets(results: Mapping[str, Any]) -> list[tuple[str, str, str, bool | None
     engine, floor = _find(runs, "engine", world, latency), _floor(floors, world, latency)
     e = _verified_wall(engine)
     if e and floor and engine:
-        ratio = e / floor["floor"]
+        ratio, replay = e / floor["floor"], float(floor["capacity"]["wall"])
         rows.append(
             (
                 f"volume-bound {world} at 0 ms: engine vs floor",
                 f"≤ {TARGETS['volume_floor']:g}x floor",
-                f"{ratio:.2f}x ({_f(e)} s vs {_f(floor['floor'])} s; engine's own CPU {_f(engine['cpu'])} s)",
+                f"{ratio:.2f}x ({_f(e)} s vs {_f(floor['floor'])} s; {e / replay:.2f}x moto's own replay "
+                f"of the calls, {_f(replay)} s; engine's own CPU {_f(engine['cpu'])} s)",
                 ratio <= TARGETS["volume_floor"],
             )
         )
@@ -138,6 +152,38 @@ def targets(results: Mapping[str, Any]) -> list[tuple[str, str, str, bool | None
     return rows
 
 
+def gaps(results: Mapping[str, Any]) -> list[str]:
+    """Why the latency-bound targets are missed, from this run's own numbers (empty when they are met)."""
+    runs, floors = results.get("runs", []), results.get("floors", [])
+    world, latency = LATENCY_WORLD
+    engine, baseline = _find(runs, "engine", world, latency), _find(runs, "baseline", world, latency)
+    floor = _floor(floors, world, latency)
+    e, b = _verified_wall(engine), _verified_wall(baseline)
+    if not (engine and floor and e and b):
+        return []
+    if b / e >= TARGETS["speedup"] and e / floor["floor"] <= TARGETS["latency_floor"]:
+        return []
+    d = engine["details"]
+    serial = d["resolve_wall"] + d["merge_wall"]
+    calls_2015 = baseline["calls"]
+    return [
+        f"- **{world} at {latency:g} ms.** The floor here is not latency ({_f(floor['critical_path'], 2)} s) "
+        f"but moto's CPU for the floor's calls ({_f(floor['emulator_cpu'], 2)} s): moto answers every "
+        f"DescribeInstances on one interpreter lock. The engine's scan phase ({_f(d['scan_wall'])} s) runs "
+        f"into it (moto busy {_f(engine['moto_cpu'])} s during the run, with the S3 writes), in two waves of "
+        f"{d['concurrency']} accounts. Resolve and merge ({_f(serial)} s) are sequential S3 round trips at "
+        f"{latency:g} ms each (the bucket check, statuses, parts, manifest, `latest/`, changes) that the "
+        "floor leaves out.",
+        f"- **Against the 2015 script**: its {calls_2015} calls are one after another, so it pays "
+        f"{calls_2015} x {latency:g} ms = {_f(calls_2015 * latency / 1000)} s of latency plus moto; the "
+        f"engine cannot go below moto's {_f(floor['emulator_cpu'])} s plus its {_f(serial)} s of resolve and "
+        f"merge, so on this emulator its speed-up is bounded near {b / (floor['emulator_cpu'] + serial):.1f}x"
+        " "
+        f"(measured {b / e:.1f}x). Against AWS, where no single-threaded server answers every account, "
+        "the scan phase is latency-bound instead (the critical path above).",
+    ]
+
+
 def render(results: Mapping[str, Any], command: str) -> str:
     """The whole report."""
     m = results["machine"]
@@ -164,18 +210,24 @@ def render(results: Mapping[str, Any], command: str) -> str:
         ("target", "goal", "measured", "met"), ((t, g, v, _met(ok)) for t, g, v, ok in targets(results))
     )
 
+    explained = gaps(results)
+    if explained:
+        out += ["", "Where a target is missed, why (this run's numbers):", "", *explained]
     out += ["", "## Engine, baseline and floor", ""]
     rows = []
     for run in runs:
         floor = _floor(floors, run["world"], float(run["latency_ms"]))
         wall = _verified_wall(run)
         ratio = f"{wall / floor['floor']:.2f}x" if wall and floor and floor["floor"] else "-"
+        d = run["details"]
+        phases = " / ".join(_f(d.get(k), 1) for k in ("resolve_wall", "scan_wall", "merge_wall"))
         rows.append(
             (
                 run["name"],
                 run["world"],
                 f"{run['latency_ms']:g} ms",
                 _f(run["wall"], 2),
+                phases if "scan_wall" in d else "-",
                 ratio,
                 _f(run["cpu"]),
                 _f(run["moto_cpu"]),
@@ -190,6 +242,7 @@ def render(results: Mapping[str, Any], command: str) -> str:
             "world",
             "added latency",
             "wall s",
+            "resolve / scan / merge s",
             "x floor",
             "own CPU s",
             "moto CPU s",
@@ -241,7 +294,9 @@ def render(results: Mapping[str, Any], command: str) -> str:
         rows = []
         for run in orchestrated:
             d = run["details"]
-            engine = _find(runs, "engine", run["world"], float(run["latency_ms"]))
+            engine = _find(runs, "engine", run["world"], float(run["latency_ms"])) or _same_accounts(
+                runs, run
+            )
             engine_task = engine["details"]["account_seconds_median"] if engine else None
             overhead = d["task_seconds_median"] - engine_task if engine_task is not None else None
             rows.append(
@@ -280,7 +335,8 @@ def render(results: Mapping[str, Any], command: str) -> str:
         out += [
             "",
             "Overhead per mapped task = the median task's duration under the scheduler minus the median "
-            "account's time in the engine (same world, latency and concurrency, one process). CPU per mapped "
+            "account's time in the engine (accounts of the same size, same latency and concurrency, one "
+            "process). CPU per mapped "
             "task = CPU seconds of every Airflow process during the run (scheduler, DAG processor, API "
             "server, executor workers, task processes) divided by the number of mapped tasks.",
         ]

@@ -142,7 +142,7 @@ def run_profile(profile: Profile, only: set[str] | None = None) -> dict[str, Any
                 from bench.orchestrated import run_orchestrated
 
                 target = world.subset(profile.orchestrated_accounts)
-                with step(f"engine {target.spec.label} at {profile.latency_ms:g} ms (for comparison)"):
+                with step(f"engine {target.spec.label} at {profile.latency_ms:g} ms (the same world)"):
                     results["runs"].append(
                         scenarios.run_engine(emu, target, profile.latency_ms, profile.concurrency).to_dict()
                     )

@@ -123,7 +123,7 @@ def run_engine(
         details={
             **result,
             "concurrency": concurrency,
-            "region_threads": variable.get("region_threads", 8),
+            "region_threads": variable.get("region_threads", 17),
             "by_action": stats["by_action"],
             "assume_role_by_role": stats["assume_role_by_role"],
             "gateway_errors": stats["errors"],

@@ -87,7 +87,7 @@ class Settings:
     kms_key_id: str | None = None
     expected_bucket_owner: str | None = None
     instance_states: tuple[str, ...] = DEFAULT_INSTANCE_STATES
-    region_threads: int = 8
+    region_threads: int = 17  # the regions every account has enabled by default: one wave
     max_attempts: int = 8
     denied_regions_fail_coverage: bool = True
     source_identity: str | None = None
@@ -338,7 +338,7 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         kms_key_id=_string(raw, "kms_key_id", KMS_KEY_RE),
         expected_bucket_owner=_string(raw, "expected_bucket_owner", ACCOUNT_ID_RE),
         instance_states=tuple(dict.fromkeys(states)),
-        region_threads=_integer(raw, "region_threads", 8, 1, 64),
+        region_threads=_integer(raw, "region_threads", 17, 1, 64),
         max_attempts=_integer(raw, "max_attempts", 8, 1, 20),
         denied_regions_fail_coverage=_boolean(raw, "denied_regions_fail_coverage", True),
         source_identity=_string(raw, "source_identity", SOURCE_IDENTITY_RE),

@@ -28,6 +28,7 @@ _CUT_SESSIONS: dict[frozenset[str], botocore.session.Session] = {}  # sessions w
 _CLIENT_LOCK = threading.Lock()  # botocore sessions are not thread-safe when creating clients
 _HUB_LOCK = threading.Lock()
 _HUB_SESSIONS: dict[str, Any] = {}  # the hub identity's boto3 session, per connection and region
+_HUB_IDENTITIES: dict[str, dict[str, str]] = {}  # and its GetCallerIdentity answer
 
 # At DEBUG, botocore logs request headers (key ids, session tokens), canonical requests and response bodies
 # (AssumeRole's carries the new secret key before it can be registered with the masker), and the hub's own
@@ -230,14 +231,19 @@ def hub_session(hook: AwsBaseHook, region_name: str | None) -> Any:
     credentials refresh themselves, so one serves every hook of the process: the S3 store's and every
     account's hub STS client (a task process then assumes ``role_arn`` once, not twice).
     """
-    conn = hook.conn_config
-    identity = [hook.aws_conn_id, region_name, conn.conn_id, conn.aws_access_key_id]
-    identity += [conn.aws_secret_access_key, conn.role_arn, conn.extra_config]
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    key = _hub_key(hook, region_name)
     with _HUB_LOCK:
         if key not in _HUB_SESSIONS:
             _HUB_SESSIONS[key] = AwsBaseHook.get_session(hook, region_name=region_name)
         return _HUB_SESSIONS[key]
+
+
+def _hub_key(hook: AwsBaseHook, region_name: str | None) -> str:
+    """What identifies the hub identity in this process: the connection (as configured) and the region."""
+    conn = hook.conn_config
+    identity = [hook.aws_conn_id, region_name, conn.conn_id, conn.aws_access_key_id]
+    identity += [conn.aws_secret_access_key, conn.role_arn, conn.extra_config]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class HubHook(AwsBaseHook):
@@ -365,9 +371,16 @@ class CrossAccountHook(AwsBaseHook):
 
     @instance_cached_property
     def hub_identity(self) -> dict[str, str]:
-        """The hub identity's ``Account`` and ``Arn`` (GetCallerIdentity needs no permission)."""
-        identity = self.hub_sts.get_caller_identity()
-        return {"Account": identity["Account"], "Arn": identity["Arn"]}
+        """
+        The hub identity's ``Account`` and ``Arn`` (GetCallerIdentity needs no permission), asked once per
+        process and connection, like its session (:func:`hub_session`).
+        """
+        key = _hub_key(self, self.hub_region)
+        found = _HUB_IDENTITIES.get(key)
+        if found is None:
+            answer = self.hub_sts.get_caller_identity()
+            found = _HUB_IDENTITIES.setdefault(key, {"Account": answer["Account"], "Arn": answer["Arn"]})
+        return dict(found)
 
     @property
     def partition(self) -> str:

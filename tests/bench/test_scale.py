@@ -15,7 +15,7 @@ import pytest
 
 from include.cmdb_inventory import emulator, sandbox
 
-pytestmark = pytest.mark.xdist_group("bench")
+pytestmark = pytest.mark.xdist_group("bench-scale")
 
 ACCOUNTS = 1100  # more than Airflow's default max_map_length (1,024)
 

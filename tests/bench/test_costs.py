@@ -1,0 +1,128 @@
+"""
+The product changes the benchmark measured, each checked on its own: EC2 clients cut to the inventory's
+operations, the fast timestamp parser, one hub session per process, hooks that do not wait for each other.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from cmdb_inventory_aws import hooks
+
+CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def test_cut_model_keeps_the_operations_and_every_shape_they_reach() -> None:
+    import botocore.session
+
+    full = botocore.session.get_session().get_component("data_loader").load_service_model("ec2", "service-2")
+    cut = hooks.cut_model(full, frozenset({"DescribeInstances", "DescribeRegions"}))
+    assert set(cut["operations"]) == {"DescribeInstances", "DescribeRegions"}
+    assert len(full["operations"]) > 500
+    assert 50 < len(cut["shapes"]) < len(full["shapes"]) / 10
+    for name, shape in cut["shapes"].items():  # closed: every reference resolves
+        refs = [
+            *shape.get("members", {}).values(),
+            *(shape[k] for k in ("member", "key", "value") if k in shape),
+        ]
+        assert all(ref["shape"] in cut["shapes"] for ref in refs), name
+    assert cut["shapes"]["Instance"] == full["shapes"]["Instance"]  # nothing of a kept shape is dropped
+    assert cut["metadata"] == full["metadata"]
+
+
+def test_inventory_ec2_clients_know_only_its_operations_and_still_paginate(moto_url: str) -> None:
+    session = hooks.cut_botocore_session(frozenset({"DescribeInstances", "DescribeRegions"}))
+    ec2 = session.create_client("ec2", region_name="eu-west-1", endpoint_url=moto_url, **CREDS)
+    assert {m for m in dir(ec2) if m.startswith("describe")} == {"describe_instances", "describe_regions"}
+    assert not hasattr(ec2, "run_instances")
+    pages = list(ec2.get_paginator("describe_instances").paginate(PaginationConfig={"PageSize": 1000}))
+    assert pages[0]["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert ec2.describe_regions()["Regions"]
+    # The shared session (tests, other callers) keeps the whole model.
+    full = hooks.shared_botocore_session().create_client("ec2", region_name="eu-west-1", **CREDS)
+    assert hasattr(full, "describe_availability_zones")
+
+
+def test_hook_for_cuts_ec2_but_not_other_services() -> None:
+    from include.cmdb_inventory.config import Account, parse_settings
+    from include.cmdb_inventory.inventory import EC2_OPERATIONS, RunInfo, hook_for
+
+    settings = parse_settings({"accounts": ["123456789012"], "bucket": "example-corp-cmdb"})
+    hook = hook_for(settings, Account("123456789012"), RunInfo("d", "r", "2026-11-26", "2026-11-26"))
+    assert hook.ec2_operations == frozenset(EC2_OPERATIONS) == {"DescribeInstances", "DescribeRegions"}
+    hook._credentials = {**CREDS, "aws_session_token": "t"}  # no AssumeRole for this check
+    assert not hasattr(hook.client("ec2", "eu-west-1"), "run_instances")
+    assert hasattr(hook.client("sts", "eu-west-1"), "get_caller_identity")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-26T02:40:03.000Z",
+        "2026-11-26T02:40:03Z",
+        "2026-11-26T02:40:03+02:00",
+        "2026-11-26T02:40:03.5Z",
+    ],
+)
+def test_the_fast_timestamp_parser_agrees_with_botocores(value: str) -> None:
+    from botocore.utils import parse_timestamp
+
+    ours, theirs = hooks.parse_timestamp(value), parse_timestamp(value)
+    assert ours == theirs
+    assert ours.utcoffset() == theirs.utcoffset()
+
+
+WHEN = datetime(2026, 11, 26, 2, 40, 3, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value", ["Wed, 26 Nov 2026 02:40:03 GMT", int(WHEN.timestamp()), str(int(WHEN.timestamp()))]
+)
+def test_other_timestamps_go_to_botocore(value: Any) -> None:
+    assert hooks.parse_timestamp(value) == WHEN
+
+
+def test_hooks_of_one_connection_share_one_hub_session(hub_connection: dict[str, Any]) -> None:
+    first = hooks.CrossAccountHook(account_id="111111111111", region_name="us-east-1")
+    second = hooks.CrossAccountHook(account_id="222222222222", region_name="us-east-1")
+    other_region = hooks.CrossAccountHook(account_id="222222222222", region_name="eu-west-1")
+    s3 = hooks.HubHook(aws_conn_id="aws_default", region_name="us-east-1", client_type="s3")
+    assert first.hub_session() is second.hub_session() is hooks.hub_session(s3, "us-east-1")
+    assert other_region.hub_session() is not first.hub_session()
+    assert first.hub_sts is not second.hub_sts  # a client per hook: event handlers stay the hook's own
+    assert s3.get_conn().meta.service_model.service_name == "s3"
+
+
+def test_one_hooks_slow_property_does_not_hold_up_another_hook() -> None:
+    """Python 3.11's cached_property locks all instances of a class: one AssumeRole waited for another."""
+    started, release = threading.Event(), threading.Event()
+    waited: list[bool] = []
+
+    class Hook:
+        def __init__(self, fast: bool) -> None:
+            self.fast = fast
+
+        @hooks.instance_cached_property
+        def value(self) -> str:
+            if self.fast:
+                release.set()
+                return "fast"
+            started.set()
+            waited.append(release.wait(3))
+            return "slow"
+
+    slow, fast = Hook(fast=False), Hook(fast=True)
+    waiting = threading.Thread(target=lambda: slow.value)
+    waiting.start()
+    assert started.wait(5)
+    assert fast.value == "fast"  # while the slow instance is still computing
+    waiting.join(5)
+    assert waited == [True]
+    assert slow.value == "slow"
+    assert slow.__dict__["value"] == "slow"  # cached on the instance; setting it replaces it
+    slow.value = "set"
+    assert slow.value == "set"
