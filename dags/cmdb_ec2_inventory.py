@@ -20,18 +20,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import (
-    CronTriggerTimetable,
-    DeadlineAlert,
-    DeadlineReference,
-    Param,
-    SyncCallback,
-    dag,
-    get_current_context,
-    task,
-)
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
-from include.cmdb_inventory.alerts import TaskFailureNotifier, deadline_missed
+from include.cmdb_inventory.alerts import TaskFailureNotifier, deadline_alert
 from include.cmdb_inventory.assets import SNAPSHOT_ALIAS
 
 # Deployment knobs that must be known when the DAG is parsed (environment only, never Variables).
@@ -39,9 +30,10 @@ MAX_ACTIVE_ACCOUNTS = int(os.environ.get("CMDB_EC2_INVENTORY_MAX_ACTIVE_ACCOUNTS
 # The Airflow pool of the account scans, which bounds them across runs (create it first: see the README).
 SCAN_POOL = os.environ.get("CMDB_EC2_INVENTORY_POOL", "default_pool")
 RETRY_DELAY = timedelta(seconds=int(os.environ.get("CMDB_EC2_INVENTORY_RETRY_DELAY_SECONDS", "120")))
-# Alert the topic when a run has not succeeded this long after it was queued (the nightly run: 02:00);
-# 0 turns the alert off (as for `airflow dags test`, which cannot run a DAG that has one: see the README).
+# Alert the topic when a run has not succeeded this long after its logical date (the nightly run: 02:00);
+# 0 turns the alert off. Its topic is fixed here: deadline callbacks cannot read Variables from the DB.
 DEADLINE_MINUTES = float(os.environ.get("CMDB_EC2_INVENTORY_DEADLINE_MINUTES", "240"))
+ALERT_TOPIC_ARN = os.environ.get("CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN") or None
 
 
 @dag(
@@ -50,14 +42,7 @@ DEADLINE_MINUTES = float(os.environ.get("CMDB_EC2_INVENTORY_DEADLINE_MINUTES", "
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=2,
-    deadline=DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=timedelta(minutes=DEADLINE_MINUTES),
-        callback=SyncCallback(deadline_missed, kwargs={"minutes": DEADLINE_MINUTES}),
-        name="cmdb_ec2_inventory not finished",
-    )
-    if DEADLINE_MINUTES > 0
-    else None,
+    deadline=deadline_alert(DEADLINE_MINUTES, ALERT_TOPIC_ARN),
     doc_md=__doc__,
     tags=["cmdb", "aws", "ec2", "inventory"],
     default_args={

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import BaseNotifier
+from airflow.sdk import BaseNotifier, DeadlineAlert, DeadlineReference, SyncCallback
 
 log = logging.getLogger(__name__)
+
+DEADLINE_NAME = "cmdb_ec2_inventory not finished"
 
 
 def _account_of(context: dict[str, Any]) -> str:
@@ -70,42 +75,117 @@ class TaskFailureNotifier(BaseNotifier):
             log.exception("Could not publish the failure alert:\n%s", text)
 
 
+def running_dags_test(argv: Sequence[str] | None = None) -> bool:
+    """Whether this process is Airflow's ``airflow dags test`` command (``python -m airflow`` included)."""
+    words = [a for a in (sys.argv if argv is None else argv)[1:] if not a.startswith("-")]
+    return words[:2] == ["dags", "test"]
+
+
+def deadline_alert(minutes: float, topic_arn: str | None = None) -> DeadlineAlert | None:
+    """
+    The DAG's Deadline Alert: a run of logical date D that has not succeeded by D + ``minutes`` alerts
+    the topic. None when ``minutes`` is 0 or less, and under ``airflow dags test``.
+
+    Two Airflow 3.3.2 defects decide its shape:
+
+    - The reference is the run's logical date, not ``DAGRUN_QUEUED_AT``: clearing task instances
+      recalculates pending queued-at deadlines with ``timedelta(seconds=<the interval>)``, but 3.3.2
+      stores the interval as a serialised dict, so the UI's and REST API's Clear answers HTTP 500.
+      Logical-date deadlines are never recalculated. For the nightly run (logical date = its 02:00 slot)
+      the deadline is the same, and it means what the CMDB team waits for: that night's file by 06:00.
+    - ``airflow dags test`` runs an in-memory copy of the DAG whose ``deadline`` still holds the alert
+      definitions where ``DagRun.update_state`` expects their database ids: every successful test run
+      then fails (``'dict' object has no attribute 'hex'``). A test run is attended: no alert there.
+
+    :param minutes: minutes after the logical date; 0 turns the alert off
+    :param topic_arn: the topic of the alert, fixed when the DAG is parsed (deadline callbacks cannot
+        read Variables from the metadata database); None falls back to the Variable's ``sns_topic_arn``
+    """
+    if minutes <= 0 or running_dags_test():
+        return None
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+        interval=timedelta(minutes=minutes),
+        callback=SyncCallback(deadline_missed, kwargs={"minutes": minutes, "topic_arn": topic_arn}),
+        name=DEADLINE_NAME,
+    )
+
+
+def _when(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def queued_after_deadline(dag_run: dict[str, Any], deadline: dict[str, Any]) -> bool:
+    """
+    Whether a manual or backfill run was queued when its deadline had already passed (a run of a past
+    date): such a run is being watched by whoever started it, and alerting at once would only be noise.
+    A scheduled run always alerts: the CMDB team is waiting for that file.
+    """
+    if dag_run.get("run_type") == "scheduled":
+        return False
+    queued, due = _when(dag_run.get("queued_at")), _when(deadline.get("deadline_time"))
+    return queued is not None and due is not None and due <= queued
+
+
 def deadline_message(dag_run: dict[str, Any], deadline: dict[str, Any], minutes: float) -> str:
     """The text of a missed-deadline alert: which run, its state now, and when it was due."""
     return (
         f"cmdb_ec2_inventory: run {dag_run.get('dag_run_id', '?')} has not finished by its deadline.\n"
         f"Logical date: {dag_run.get('logical_date') or '-'}; queued at {dag_run.get('queued_at') or '-'}; "
         f"state now: {dag_run.get('state', '?')}.\n"
-        f"Deadline: {deadline.get('deadline_time', '?')} ({minutes:g} minutes after the run was queued).\n"
+        f"Deadline: {deadline.get('deadline_time', '?')} ({minutes:g} minutes after the logical date).\n"
         "The CMDB's CSV for this date may be missing or incomplete: check the run in the Airflow UI."
     )
 
 
-def deadline_missed(context: dict[str, Any], minutes: float = 0.0) -> None:
-    """
-    Deadline Alert callback (a ``SyncCallback``, run by the executor like a task): the run has not
-    succeeded ``minutes`` after it was queued. Publishes to ``sns_topic_arn`` (or logs without one).
-
-    Airflow passes ``context`` with the run (``dag_run``, as the REST API shows it) and the ``deadline``.
-    A publishing error is raised, so the callback shows as failed in Airflow.
-    """
-    dag_run = dict(context.get("dag_run") or {})
-    text = deadline_message(dag_run, dict(context.get("deadline") or {}), minutes)
+def _alert_target(topic_arn: str | None) -> tuple[str, str, str] | None:
+    """(topic, connection id, region) of the deadline alert, or None (then it is only logged)."""
     try:
         from include.cmdb_inventory.runtime import settings_from
 
         settings = settings_from({})
     except Exception as err:
-        log.error("Cannot read the configuration to send the deadline alert (%s):\n%s", err, text)
+        if not topic_arn:
+            log.error("Cannot read the configuration to send the deadline alert (%s)", err)
+            return None
+        log.info("Configuration not readable here (%s); alerting %s with aws_default", err, topic_arn)
+        return topic_arn, "aws_default", topic_arn.split(":")[3]
+    topic = topic_arn or settings.sns_topic_arn
+    if not topic:
+        return None
+    region = topic.split(":")[3] if topic_arn else settings.hub_region
+    return topic, settings.aws_conn_id, region
+
+
+def deadline_missed(context: dict[str, Any], minutes: float = 0.0, topic_arn: str | None = None) -> None:
+    """
+    Deadline Alert callback (a ``SyncCallback``, run by the executor like a task): the run has not
+    succeeded ``minutes`` after its logical date. Publishes to the topic (or logs without one).
+
+    Airflow passes ``context`` with the run (``dag_run``, as the REST API shows it) and the ``deadline``.
+    A publishing error is raised, so the callback shows as failed in Airflow.
+    """
+    dag_run = dict(context.get("dag_run") or {})
+    deadline = dict(context.get("deadline") or {})
+    text = deadline_message(dag_run, deadline, minutes)
+    if queued_after_deadline(dag_run, deadline):
+        log.info("Run %s was queued after its deadline; no alert:\n%s", dag_run.get("dag_run_id"), text)
         return
-    if not settings.sns_topic_arn:
-        log.error("No sns_topic_arn configured; deadline alert:\n%s", text)
+    target = _alert_target(topic_arn)
+    if target is None:
+        log.error("No topic configured for the deadline alert:\n%s", text)
         return
+    topic, conn_id, region = target
     from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
-    SnsHook(aws_conn_id=settings.aws_conn_id, region_name=settings.hub_region).publish_to_target(
-        target_arn=settings.sns_topic_arn,
+    SnsHook(aws_conn_id=conn_id, region_name=region).publish_to_target(
+        target_arn=topic,
         message=text,
         subject=f"cmdb_ec2_inventory: run {dag_run.get('dag_run_id', '?')} missed its deadline"[:100],
     )
-    log.warning("Deadline missed; alerted %s:\n%s", settings.sns_topic_arn, text)
+    log.warning("Deadline missed; alerted %s:\n%s", topic, text)

@@ -112,3 +112,53 @@ def test_task_graph_is_the_contract(dag: Any) -> None:
 
     assert tasks["merge_inventory"].outlets == [SNAPSHOT_ALIAS]
     assert [t.outlets for t in tasks.values() if t.task_id != "merge_inventory"] == [[]] * (len(tasks) - 1)
+
+
+def test_deadline_alert_is_on_by_default_and_never_queued_at(dag: Any) -> None:
+    """
+    Shipped default: a deadline 240 minutes after the logical date (06:00 for the 02:00 run). Never
+    ``DAGRUN_QUEUED_AT``: Airflow 3.3.2's Clear of task instances crashes (HTTP 500) recalculating those.
+    """
+    from airflow.sdk import DeadlineReference
+
+    (alert,) = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    assert alert.reference == DeadlineReference.DAGRUN_LOGICAL_DATE
+    assert alert.interval.total_seconds() == 240 * 60
+    assert alert.callback.path == "include.cmdb_inventory.alerts.deadline_missed"
+    assert alert.callback.kwargs == {"minutes": 240.0, "topic_arn": None}
+
+
+@pytest.mark.parametrize(
+    ("argv", "dags_test"),
+    [
+        (["/venv/bin/airflow", "dags", "test", "cmdb_ec2_inventory", "2026-11-20"], True),
+        (["/venv/lib/airflow/__main__.py", "dags", "test", "cmdb_ec2_inventory"], True),
+        (["/venv/bin/airflow", "-v", "dags", "test"], True),
+        (["/venv/bin/airflow", "dag-processor"], False),
+        (["/venv/bin/airflow", "dags", "list"], False),
+        (["/venv/bin/airflow", "scheduler"], False),
+        (["/venv/bin/airflow", "tasks", "test", "cmdb_ec2_inventory", "x"], False),
+    ],
+)
+def test_the_alert_is_left_out_only_under_airflow_dags_test(argv: list[str], dags_test: bool) -> None:
+    from include.cmdb_inventory.alerts import running_dags_test
+
+    assert running_dags_test(argv) is dags_test
+
+
+def test_airflow_dags_test_parses_the_dag_without_its_deadline() -> None:
+    """What `airflow dags test` sees (its own argv); a scheduler's parse keeps the alert (test above)."""
+    code = (
+        "import sys; folder = sys.argv[1]; sys.argv = ['airflow', 'dags', 'test', 'cmdb_ec2_inventory']; "
+        "from airflow.dag_processing.dagbag import DagBag; "
+        "print(DagBag(dag_folder=folder).dags['cmdb_ec2_inventory'].deadline)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "dags")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.strip().splitlines()[-1] == "None"

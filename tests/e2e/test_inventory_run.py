@@ -54,6 +54,8 @@ def test_full_run_lists_exactly_the_seeded_instances(airflow_home: Path, fresh_m
     seeded = emulator.seed(fresh_moto, world)
     variable = {**seeded["variable"], "regions": REGIONS}
     env = sandbox.airflow_env(airflow_home, seeded["connection"], variable)
+    # The nightly flow as shipped: no deployment knob changed (the deadline alert is on by default).
+    assert [k for k in env if k.startswith("CMDB_EC2_INVENTORY_")] == []
 
     result = sandbox.dags_test(env, DS)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
