@@ -7,7 +7,8 @@ every EC2 instance in every enabled region, merge everything into one CSV in S3
 CMDB team on SNS, and fail the run when coverage is short, after the CSV and notification are out.
 
 Configuration: the Airflow Variable `cmdb_ec2_inventory` (JSON), read at run time. Params:
-`accounts` (override the account list for a manual run), `overwrite` (replace a complete snapshot),
+`accounts` (scan some of the expected accounts in a manual run; never replaces the date's snapshot
+without `overwrite`), `overwrite` (replace the date's snapshot),
 `mode` (`preflight`: check every account's role and regions, write no snapshot). The snapshot is the
 Asset `cmdb_ec2_inventory_snapshot`: schedule a CMDB import DAG on it. See the project's README for
 every key, the IAM roles and the output contract.
@@ -58,7 +59,8 @@ ALERT_TOPIC_ARN = os.environ.get("CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN") or None
         "accounts": Param(
             None,
             type=["null", "array"],
-            description="Accounts for this run only (12-digit ids as strings); empty uses the Variable.",
+            description="Some of the expected accounts, for this run only (12-digit ids as strings); the "
+            "date's snapshot is replaced only with overwrite. Empty scans every expected account.",
         ),
         "overwrite": Param(
             False,
@@ -109,8 +111,8 @@ def cmdb_ec2_inventory() -> None:
 
         return runtime.merge(get_current_context())
 
-    @task(execution_timeout=timedelta(minutes=5))
-    def notify_cmdb(summary: dict[str, Any]) -> str:
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=5))
+    def notify_cmdb(summary: dict[str, Any]) -> dict[str, Any]:
         from include.cmdb_inventory import runtime
 
         return runtime.notify(get_current_context(), summary)

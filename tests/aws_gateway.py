@@ -50,6 +50,7 @@ __all__ = [
     "ACCESS_DENIED",
     "AUTH_FAILURE",
     "DUMMY_CREDENTIALS",
+    "EXPIRED_TOKEN",
     "S3_INTERNAL_ERROR",
     "S3_SLOW_DOWN",
     "S3_WRITE_ACTIONS",
@@ -241,6 +242,8 @@ UNAUTHORIZED_OPERATION = Fault.error(
     "You are not authorized to perform this operation. User is not authorized to perform: "
     "ec2:{action} with an explicit deny in a service control policy",
 )
+EXPIRED_TOKEN = Fault.error(400, "ExpiredToken", "The security token included in the request is expired")
+"""What EC2, STS and the other query services answer for temporary credentials past their expiry."""
 S3_INTERNAL_ERROR = Fault.error(500, "InternalError", "We encountered an internal error. Please try again.")
 S3_SLOW_DOWN = Fault.error(503, "SlowDown", "Please reduce your request rate.")
 
@@ -327,6 +330,8 @@ class RuleOptions(TypedDict, total=False):
     when: Callable[[Request], bool] | None
     latency: float
     times: int | None
+    after: int
+    per_access_key: bool
     probability: float | None
     seed: int | None
 
@@ -365,6 +370,9 @@ _CALL_MATCH_FIELDS = (
 class Rule:
     """A match (all given fields must match) plus a fault and/or latency, limited by times/probability.
 
+    ``after`` lets that many matching calls through untouched before the rule starts firing; with
+    ``per_access_key`` they are counted per access key, so each new set of credentials gets its own
+    ``after`` calls (credentials that expire some calls after they were issued: ``expire_credentials``).
     Remove with ``rule.remove()`` or use it as a context manager (``with gw.throttle(...):``).
     """
 
@@ -380,12 +388,16 @@ class Rule:
     access_key: Match = None
     when: Callable[[Request], bool] | None = None
     times: int | None = None
+    after: int = 0
+    per_access_key: bool = False
     probability: float | None = None
     seed: int | None = None
     hits: int = field(default=0, init=False)
     """How many calls the rule fired on."""
     matched: int = field(default=0, init=False)
     """How many calls matched the filters (fired or not)."""
+    matched_by_key: dict[str, int] = field(default_factory=dict, init=False)
+    """Matching calls per access key (counted only with ``per_access_key``)."""
     _rng: random.Random = field(init=False, repr=False)
     _gateway: AwsGateway | None = field(default=None, init=False, repr=False)
 
@@ -394,6 +406,8 @@ class Rule:
             raise ValueError("probability must be within [0, 1]")
         if self.times is not None and self.times < 0:
             raise ValueError("times must be >= 0")
+        if self.after < 0:
+            raise ValueError("after must be >= 0")
         self._rng = random.Random(self.seed)
 
     def matches(self, req: Request) -> bool:
@@ -924,6 +938,14 @@ class AwsGateway:
         options.setdefault("service", "ec2")
         return self.add_rule(UNAUTHORIZED_OPERATION, **options)
 
+    def expire_credentials(self, after: int = 0, **options: Unpack[RuleOptions]) -> Rule:
+        """Temporary credentials expire ``after`` calls after they were first used: every later call with
+        the same access key answers HTTP 400 ``ExpiredToken`` (in the service's protocol, as EC2 and STS
+        do). Counted per access key, so credentials from a new AssumeRole work for ``after`` calls again.
+        Narrow with ``account=`` (the account the keys act in), ``service=``, ``region=``..."""
+        options.setdefault("per_access_key", True)
+        return self.add_rule(EXPIRED_TOKEN, after=after, **options)
+
     def throttle(
         self, service: Match = "ec2", *, status: int | None = None, **options: Unpack[RuleOptions]
     ) -> Rule:
@@ -1088,6 +1110,12 @@ class AwsGateway:
                 continue
             with self._lock:
                 rule.matched += 1
+                seen = rule.matched
+                if rule.per_access_key:
+                    seen = rule.matched_by_key.get(req.access_key, 0) + 1
+                    rule.matched_by_key[req.access_key] = seen
+                if seen <= rule.after:
+                    continue
                 if rule.probability is not None and rule._rng.random() >= rule.probability:
                     continue
                 if rule.times is not None and rule.hits >= rule.times:

@@ -35,6 +35,7 @@ EXTRA_KEYS = (
     "accounts_expected",
     "accounts_covered",
     "latest_updated",
+    "subset",
 )
 
 
@@ -51,6 +52,8 @@ def event_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
         "accounts_expected": int(summary.get("accounts_expected") or 0),
         "accounts_covered": int(summary.get("accounts_covered") or 0),
         "latest_updated": bool(summary.get("latest_updated")),
+        # A Param-subset snapshot written with overwrite=true: a downstream import may want to skip it.
+        "subset": bool(summary.get("subset")),
     }
     return {k: extra[k] for k in EXTRA_KEYS}
 

@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 from include.cmdb_inventory import coverage
 from include.cmdb_inventory.records import Record, neutralise
 from include.cmdb_inventory.storage import CHUNK, MANIFEST_NAME, spool
+from include.cmdb_inventory.text import MAX_TEXT_CHARS, MAX_VALUE_CHARS, clean
 
 if TYPE_CHECKING:
     from include.cmdb_inventory.storage import SnapshotStore
@@ -89,7 +90,10 @@ class Ledger:
     def of(cls, manifest: Mapping[str, Any], label: str) -> Ledger:
         """The ledger of a manifest; ``label`` names the snapshot in reasons ("in this snapshot")."""
         entries: dict[tuple[str, str | None], Mapping[str, Any]] = {}
-        for entry in manifest.get("coverage") or []:
+        listed = manifest.get("coverage") or []
+        if not isinstance(listed, list) or not all(isinstance(e, Mapping) and "account" in e for e in listed):
+            raise ChangeDataError(f"the coverage ledger {label} is not a list of account entries")
+        for entry in listed:
             entries[(str(entry["account"]), entry.get("region"))] = entry
         return cls(entries, label)
 
@@ -208,7 +212,12 @@ class Tally:
         change = row["Change"]
         if change == NOT_VERIFIED:
             self.not_verified += 1
-            group = (row["Account"], row["Region"], row["Reason"])
+            # Cut like every value shown (the reason names the account's AWS error); changes.csv has it whole.
+            group = (
+                clean(row["Account"]),
+                clean(row["Region"]),
+                clean(row["Reason"], MAX_TEXT_CHARS),
+            )
             if group in self.groups or len(self.groups) < MAX_NOT_VERIFIED_GROUPS:
                 self.groups[group] = self.groups.get(group, 0) + 1
             return
@@ -223,7 +232,9 @@ class Tally:
                 self.changed += 1
                 self._last_changed = key
         if len(self.top) < TOP_CHANGES:
-            self.top.append({_snake(column): row[column] for column in CHANGE_COLUMNS})
+            # Tag authors choose names and tag values of any size: the summary (manifest, XCom, notification)
+            # keeps each value cleaned and cut; changes.csv keeps it whole.
+            self.top.append({_snake(column): _shown(column, row[column]) for column in CHANGE_COLUMNS})
 
     def summary(self) -> dict[str, Any]:
         """The counts and lists of the manifest's ``changes`` (without the status fields)."""
@@ -240,6 +251,11 @@ class Tally:
                 for (a, r, reason), n in self.groups.items()
             ],
         }
+
+
+def _shown(column: str, value: str) -> str:
+    """A change row's cell as the summary shows it: cleaned and cut (a reason is a sentence)."""
+    return clean(value, MAX_TEXT_CHARS if column == "Reason" else MAX_VALUE_CHARS)
 
 
 def _snake(column: str) -> str:
@@ -307,16 +323,25 @@ def find_previous(
     earlier = [d for d in reversed(snapshot_dates(store)) if d < ds]
     if not earlier:
         return None, f"no snapshot before {ds} to compare with"
+    # A manifest that is not valid JSON or not an object is skipped (it cannot say whether its date is
+    # complete), and named in the sentence, so the change report says why that date was not used.
+    unusable: list[str] = []
     for candidate in earlier[:lookback]:
-        manifest = store.get_json(store.layout.snapshot(candidate, MANIFEST_NAME))
-        if manifest and manifest.get("complete") is True and manifest.get("csv_key"):
+        document = store.get_document(store.layout.snapshot(candidate, MANIFEST_NAME))
+        manifest = document.body
+        if document.unusable:
+            unusable.append(f"{candidate}, whose manifest.json is unusable ({document.unusable})")
+        elif manifest and manifest.get("complete") is True and manifest.get("csv_key"):
+            skipped = f"; skipped {'; '.join(unusable)}" if unusable else ""
             return manifest, (
                 f"compared with the complete snapshot of {candidate} (run {manifest.get('dag_run_id')})"
+                + skipped
             )
     searched = min(len(earlier), lookback)
     return None, (
         f"none of the {searched} newest snapshot dates before {ds} is complete "
         "(an incomplete snapshot cannot tell removed instances from unscanned ones)"
+        + (f"; skipped {'; '.join(unusable)}" if unusable else "")
     )
 
 
@@ -411,7 +436,12 @@ def write_changes(
                     tally = compare(previous, previous_csv, manifest, current_csv, out)
             except ChangeDataError as err:
                 log.error("Changes for %s not computed: %s", ds, err)
-                summary.update(status=FAILED, detail=f"not compared: {err}")
+                skipped = detail.partition("; skipped ")[2]  # dates whose manifest was unusable, if any
+                summary.update(
+                    status=FAILED,
+                    detail=f"not compared: {coverage.scrub(str(err))}"
+                    + (f"; skipped {skipped}" if skipped else ""),
+                )
                 tally = Tally()
                 out.seek(0)
                 out.truncate()
@@ -419,7 +449,9 @@ def write_changes(
         else:
             write_rows([], out)
         sha256 = _sha256(out)
-        summary.update(tally.summary(), sha256=sha256)
+        size = out.seek(0, io.SEEK_END)
+        out.seek(0)
+        summary.update(tally.summary(), sha256=sha256, bytes=size)
         store.upload_csv(
             out,
             key,

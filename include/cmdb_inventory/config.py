@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -94,7 +94,10 @@ class Settings:
     session_tags: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
     parquet: bool = False  # also write the snapshot as Parquet (formats.py)
     organizations: OrganizationsSettings | None = None  # discover accounts at run time (resolve_accounts)
-    accounts_from_params: bool = False  # the run's Params replaced the account list (no discovery)
+    accounts_from_params: bool = False  # the run's Params named the accounts of this run (``accounts``)
+    # The Variable's own ``accounts``: with ``organizations``, the expected set that a run's Params may only
+    # pick from (resolve_accounts checks the Params against it; ``accounts`` may be the Params' subset).
+    configured_accounts: tuple[Account, ...] = ()
 
     def account(self, account_id: str) -> Account:
         """The configured account with this id."""
@@ -159,6 +162,50 @@ def _string(raw: Mapping[str, Any], key: str, pattern: re.Pattern[str] | None = 
     return value
 
 
+def _kind(value: Any) -> str:
+    """What a JSON value is, without the value (for errors about values that must not be shown)."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return "null" if value is None else type(value).__name__
+
+
+def _first_bad_character(text: str, allowed: Callable[[str], bool]) -> str:
+    """Where ``text`` breaks the rule, without showing it: "character N is not allowed"."""
+    for index, char in enumerate(text, 1):
+        if not allowed(char):
+            return f"character {index} is not allowed"
+    return ""
+
+
+def _external_id(raw: Mapping[str, Any], key: str = "external_id") -> str | None:
+    """
+    ``external_id``, checked like every string, but no error shows it: the ExternalId is the secret half of
+    the member roles' trust, and errors reach task logs, alerts and the coverage page.
+    """
+    value = raw.get(key)
+    if value is None:
+        return None
+    rule = "2-1224 letters, digits or +=,.@:/- (the value is not shown)"
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string of {rule}, got {_kind(value)}")
+    if not EXTERNAL_ID_RE.match(value):
+        why = (
+            f"it has {len(value)} characters"
+            if not 2 <= len(value) <= 1224
+            else _first_bad_character(value, lambda c: bool(EXTERNAL_ID_RE.match(c * 2)))
+        )
+        raise ConfigError(key, f"is not valid: {why}; it must be {rule}")
+    return value
+
+
 def _integer(raw: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -185,7 +232,7 @@ def _session_tags(raw: Mapping[str, Any], key: str = "session_tags") -> tuple[tu
     if value is None:
         return ()
     if not isinstance(value, Mapping):
-        raise ConfigError(key, f"must be an object of tag keys to string values, got {_short(value)}")
+        raise ConfigError(key, f"must be an object of tag keys to string values, got {_kind(value)}")
     if len(value) > SESSION_TAGS_MAX:
         raise ConfigError(key, f"has {len(value)} tags; AWS allows at most {SESSION_TAGS_MAX}")
     seen: set[str] = set()
@@ -201,15 +248,19 @@ def _session_tags(raw: Mapping[str, Any], key: str = "session_tags") -> tuple[tu
                 f"tag key {_short(tag)} is not valid: 1-{SESSION_TAG_KEY_MAX} letters, digits, spaces or "
                 "_.:/=+-@, not starting with aws:",
             )
-        if (
-            not isinstance(tag_value, str)
-            or len(tag_value) > SESSION_TAG_VALUE_MAX
-            or not _tag_text_ok(tag_value)
-        ):
+        # Tag values are never shown (they may carry what the member accounts' trust conditions check):
+        # the error says which tag and why.
+        if not isinstance(tag_value, str):
+            why = f"got {_kind(tag_value)}"
+        elif len(tag_value) > SESSION_TAG_VALUE_MAX:
+            why = f"it has {len(tag_value)} characters"
+        else:
+            why = _first_bad_character(tag_value, _tag_text_ok)
+        if why:
             raise ConfigError(
                 key,
-                f"the value of tag {_short(tag)} must be a string of at most {SESSION_TAG_VALUE_MAX} "
-                f"letters, digits, spaces or _.:/=+-@, got {_short(tag_value)}",
+                f"the value of tag {_short(tag)} is not valid: {why}; it must be a string of at most "
+                f"{SESSION_TAG_VALUE_MAX} letters, digits, spaces or _.:/=+-@ (the value is not shown)",
             )
         if tag.lower() in seen:
             raise ConfigError(key, f"duplicate tag key {_short(tag)} (AWS compares tag keys ignoring case)")
@@ -284,6 +335,8 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         raise ConfigError(str(unknown[0]), "unknown key (check the spelling; see the README)")
     params = params or {}
 
+    # The expected accounts come from the Variable (and/or Organizations) only: the accounts Param picks a
+    # subset of them for one run, never adds to them (resolve_accounts refuses any other account).
     organizations = None
     if raw.get("organizations") is not None:
         from include.cmdb_inventory.organizations import parse_organizations
@@ -291,16 +344,16 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         static = raw.get("accounts")
         static_accounts = parse_accounts(static) if static not in (None, []) else ()
         organizations = parse_organizations(raw["organizations"], [a.id for a in static_accounts])
-    if params.get("accounts"):
-        accounts = parse_accounts(params["accounts"], key="params.accounts")
-    elif organizations is not None:
-        accounts = static_accounts
     elif "accounts" not in raw:
         raise ConfigError(
-            "accounts", "is required unless 'organizations' is set: list the accounts, or discover them"
+            "accounts",
+            "is required unless 'organizations' is set: list the accounts, or discover them "
+            "(the accounts Param of a run only picks accounts from these)",
         )
     else:
-        accounts = parse_accounts(raw["accounts"])
+        static_accounts = parse_accounts(raw["accounts"])
+    requested = parse_accounts(params["accounts"], key="params.accounts") if params.get("accounts") else ()
+    accounts = requested or static_accounts
 
     bucket = _string(raw, "bucket", BUCKET_RE)
     if not bucket:
@@ -327,7 +380,7 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         accounts=accounts,
         bucket=bucket,
         role_name=_string(raw, "role_name", ROLE_NAME_RE) or "CMDBDiscovery",
-        external_id=_string(raw, "external_id", EXTERNAL_ID_RE),
+        external_id=_external_id(raw),
         session_duration_seconds=_integer(raw, "session_duration_seconds", 3600, 900, 43200),
         regions=regions,
         exclude_regions=_region_list(raw, "exclude_regions"),
@@ -345,5 +398,6 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         session_tags=_session_tags(raw),
         parquet=_boolean(raw, "parquet", False),
         organizations=organizations,
-        accounts_from_params=bool(params.get("accounts")),
+        accounts_from_params=bool(requested),
+        configured_accounts=static_accounts,
     )

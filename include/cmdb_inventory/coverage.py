@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+# The one redactor; ``coverage.scrub`` stays importable from here for its callers (alerts, tests).
+from include.cmdb_inventory.redaction import scrub
 
 OK = "OK"
 REGION_DISABLED = "REGION_DISABLED"  # region not enabled (opted out) in the account: not a gap
@@ -13,8 +15,18 @@ ROLE_NOT_ASSUMABLE = "ROLE_NOT_ASSUMABLE"  # the role is missing, its trust is b
 THROTTLED = "THROTTLED"  # throttling outlasted botocore's retries
 ERROR = "ERROR"  # any other error
 TASK_FAILED = "TASK_FAILED"  # the account's task ended without reporting a status
+NOT_REQUESTED = "NOT_REQUESTED"  # an expected account that a Param-subset run did not name: a gap
 
-STATUSES = (OK, REGION_DISABLED, REGION_DENIED, ROLE_NOT_ASSUMABLE, THROTTLED, ERROR, TASK_FAILED)
+STATUSES = (
+    OK,
+    REGION_DISABLED,
+    REGION_DENIED,
+    ROLE_NOT_ASSUMABLE,
+    THROTTLED,
+    ERROR,
+    TASK_FAILED,
+    NOT_REQUESTED,
+)
 
 DISABLED_CODES = {"AuthFailure", "OptInRequired", "InvalidClientTokenId", "UnrecognizedClientException"}
 DENIED_CODES = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "UnauthorizedAccess"}
@@ -27,14 +39,6 @@ THROTTLE_CODES = {
     "RequestThrottled",
     "RequestThrottledException",
 }
-
-_KEY_RE = re.compile(r"\b(AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
-
-
-def scrub(text: str, limit: int = 500) -> str:
-    """Remove anything shaped like an AWS access key id, and bound the length."""
-    text = _KEY_RE.sub("[redacted-key-id]", text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def error_of(exc: BaseException) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Tests and the demo seeder use this so the policies they exercise are the policies we ship. Only the
 subset of CloudFormation the templates use is evaluated: String parameters (defaults, AllowedValues,
-AllowedPattern, Min/MaxLength), Conditions, ``Ref`` (parameters and the AWS::Partition, AWS::AccountId,
+AllowedPattern, Min/MaxLength), Number parameters (MinValue/MaxValue; a ``Ref`` gives the number as a
+string, as in CloudFormation), Conditions, ``Ref`` (parameters and the AWS::Partition, AWS::AccountId,
 AWS::Region, AWS::URLSuffix and AWS::NoValue pseudo parameters), ``Fn::Sub``, ``Fn::If``,
 ``Fn::Equals``, ``Fn::Not``, ``Fn::And``, ``Fn::Or``, ``Fn::Join`` and ``Condition``. Anything else raises
 :class:`TemplateError` rather than being guessed at.
@@ -263,16 +264,21 @@ def _parameter_values(template: Mapping[str, Any], given: Mapping[str, str]) -> 
         raise TemplateError(f"unknown parameter(s) {unknown}; the template declares {sorted(declared)}")
     values: dict[str, str] = {}
     for name, spec in declared.items():
-        if spec.get("Type") != "String":
-            raise TemplateError(f"parameter {name}: unsupported Type {spec.get('Type')!r} (only String)")
+        kind = spec.get("Type")
+        if kind not in ("String", "Number"):
+            raise TemplateError(f"parameter {name}: unsupported Type {kind!r} (only String and Number)")
         if name in given:
             value = given[name]
         elif "Default" in spec:
             value = spec["Default"]
+            if kind == "Number" and isinstance(value, int | float) and not isinstance(value, bool):
+                value = str(value)
         else:
             raise TemplateError(f"parameter {name} is required")
         if not isinstance(value, str):
             raise TemplateError(f"parameter {name} must be a string, got {value!r}")
+        if kind == "Number":
+            _check_number(name, value, spec)
         allowed = spec.get("AllowedValues")
         if allowed is not None and value not in [str(v) for v in allowed]:
             raise TemplateError(f"parameter {name}={value!r} is not one of {allowed}")
@@ -283,6 +289,17 @@ def _parameter_values(template: Mapping[str, Any], given: Mapping[str, str]) -> 
             raise TemplateError(f"parameter {name}={value!r} has a length outside MinLength/MaxLength")
         values[name] = value
     return values
+
+
+def _check_number(name: str, value: str, spec: Mapping[str, Any]) -> None:
+    try:
+        number = float(value)
+    except ValueError:
+        raise TemplateError(f"parameter {name}={value!r} is not a number") from None
+    if "MinValue" in spec and number < float(spec["MinValue"]):
+        raise TemplateError(f"parameter {name}={value!r} is below MinValue {spec['MinValue']}")
+    if "MaxValue" in spec and number > float(spec["MaxValue"]):
+        raise TemplateError(f"parameter {name}={value!r} is above MaxValue {spec['MaxValue']}")
 
 
 def _pseudo_parameters(partition: str, account_id: str, region: str) -> dict[str, Any]:
@@ -376,3 +393,29 @@ def render_role(
         region=region,
         logical_id=logical_id,
     )
+
+
+def render_properties(
+    template_name: str,
+    logical_id: str,
+    parameters: Mapping[str, str] | None = None,
+    partition: str = "aws",
+    account_id: str = "111111111111",
+    region: str = "us-east-1",
+    *,
+    template_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The ``Properties`` of one resource of a shipped template, evaluated with these parameter values."""
+    template = load_template(template_name, template_dir)
+    resource = (template.get("Resources") or {}).get(logical_id)
+    if not isinstance(resource, dict):
+        raise TemplateError(f"no resource {logical_id!r} in {template_name}")
+    refs: dict[str, Any] = _pseudo_parameters(partition, account_id, region)
+    refs.update(_parameter_values(template, parameters or {}))
+    evaluator = _Evaluator(template, refs)
+    if "Condition" in resource and not evaluator.condition(resource["Condition"]):
+        raise TemplateError(f"{logical_id} is not created with these parameters")
+    props = evaluator.value(resource.get("Properties") or {})
+    if not isinstance(props, dict):
+        raise TemplateError(f"{logical_id}: Properties must be a mapping")
+    return props

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,18 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 from include.cmdb_inventory import changes, coverage, formats
 from include.cmdb_inventory.config import Account, ConfigError, Settings
+from include.cmdb_inventory.formats import PARQUET_NAME
 from include.cmdb_inventory.records import COLUMNS, SCHEMA_VERSION, iso_utc
 from include.cmdb_inventory.storage import (
     CSV_NAME,
     MANIFEST_NAME,
+    Document,
     SnapshotStore,
     decide_write,
+    is_complete,
     snapshot_rank,
     spool,
 )
 
 if TYPE_CHECKING:
     from cmdb_inventory_aws.hooks import CrossAccountHook
+    from include.cmdb_inventory.organizations import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,10 @@ MAX_GAPS_IN_XCOM = 100
 STATUS_READERS = 16  # merge reads the accounts' status documents this many at a time, not one by one
 # Every EC2 call of the inventory (and all that CMDBDiscovery allows): its EC2 clients know only these.
 EC2_OPERATIONS = ("DescribeInstances", "DescribeRegions")
+
+
+# The coverage status of an expected account that a subset run (the accounts Param) did not scan: a gap.
+NOT_REQUESTED = coverage.NOT_REQUESTED
 
 
 class CoverageError(RuntimeError):
@@ -76,11 +86,18 @@ def store_for(settings: Settings) -> SnapshotStore:
     The S3 store, through the provider's hook machinery (so connection extras apply), on the process's one
     hub session (``HubHook``: what ``S3Hook(...).get_conn()`` gives, without another AssumeRole).
     """
+    from botocore.config import Config
+
     from cmdb_inventory_aws.hooks import HubHook
 
-    client = HubHook(
-        aws_conn_id=settings.aws_conn_id, region_name=settings.hub_region, client_type="s3"
-    ).get_conn()
+    hook = HubHook(aws_conn_id=settings.aws_conn_id, region_name=settings.hub_region, client_type="s3")
+    # botocore's standard retries with the configured attempts, as for EC2 (its default of three attempts
+    # gave up inside a SlowDown storm and left it to a task retry minutes later); connection extras win.
+    ours = Config(retries={"mode": "standard", "total_max_attempts": settings.max_attempts})
+    conn_config = hook.conn_config.botocore_config
+    client = hook.get_client_type(
+        region_name=settings.hub_region, config=ours.merge(conn_config) if conn_config else ours
+    )
     return SnapshotStore(
         client,
         settings.bucket,
@@ -126,6 +143,25 @@ def check_session_duration(settings: Settings, run: RunInfo) -> None:
         raise ConfigError("session_duration_seconds", str(err)) from None
 
 
+def requested_accounts(settings: Settings, found: Discovery) -> list[Account]:
+    """
+    The accounts a run's ``accounts`` Param names, each checked against the expected set ``found``: a Param
+    picks a subset, never an account from elsewhere (the hub may assume the role in any AWS account).
+    """
+    expected = {a.id: a for a in found.accounts}
+    outside = [a.id for a in settings.accounts if a.id not in expected]
+    if outside:
+        excluded = {str(n["id"]): str(n.get("reason") or "") for n in found.not_scanned}
+        listed = ", ".join(f"{i} ({excluded[i]})" if excluded.get(i) else i for i in outside)
+        raise ConfigError(
+            "params.accounts",
+            f"{listed} {'is' if len(outside) == 1 else 'are'} not among the {len(expected)} expected "
+            f"accounts (from {found.source}): the accounts param only picks accounts from the Variable's "
+            "accounts or the organizations scope; nothing was scanned or written",
+        )
+    return [Account(id=a.id, name=expected[a.id].name or a.name) for a in settings.accounts]
+
+
 def resolve_accounts(
     settings: Settings,
     run: RunInfo,
@@ -136,18 +172,29 @@ def resolve_accounts(
     org_client: Any = None,
 ) -> dict[str, Any]:
     """
-    The accounts to map over: the static list and/or AWS Organizations (asked here, at run time). When the
-    date already has a complete snapshot and the run does not ask to overwrite it, nothing is scanned (the
-    list is empty) and the reason is returned; a preflight run always checks every expected account.
-    ``expected_accounts`` (with each account's source) and ``not_scanned`` (with why) go to the manifest.
+    The accounts to map over: the static list and/or AWS Organizations (asked here, at run time), or the
+    subset of them that the run's ``accounts`` Param names (any other account fails the run here, before
+    anything is scanned or written). When the date already has a complete snapshot and the run does not ask
+    to overwrite it, nothing is scanned (the list is empty) and the reason is returned; a preflight run
+    always checks every account of the run. ``expected`` is what the run scans; ``expected_accounts`` (the
+    whole expected set, with each account's source) and ``not_scanned`` (with why) go to the manifest.
     """
+    from dataclasses import replace
+
     from cmdb_inventory_aws.hooks import role_session_name
     from include.cmdb_inventory.organizations import resolve as discover
 
     store.check_bucket()
     check_session_duration(settings, run)
-    found = discover(settings, org_client, role_session_name("cmdb-org", run.run_id))
-    accounts = [a.to_dict() for a in found.accounts]
+    # The expected set never comes from the Params: completeness is measured against it.
+    configured = (
+        replace(settings, accounts=settings.configured_accounts, accounts_from_params=False)
+        if settings.accounts_from_params
+        else settings
+    )
+    found = discover(configured, org_client, role_session_name("cmdb-org", run.run_id))
+    scanned = requested_accounts(settings, found) if settings.accounts_from_params else found.accounts
+    accounts = [a.to_dict() for a in scanned]
     plan = {
         "expected": accounts,
         "expected_accounts": found.expected(),
@@ -155,7 +202,7 @@ def resolve_accounts(
         "accounts_source": found.source,
     }
     existing = None if preflight else store.get_json(store.layout.snapshot(run.ds, MANIFEST_NAME))
-    if existing and existing.get("complete") and not overwrite:
+    if existing and is_complete(existing) and not overwrite:
         reason = (
             f"a complete snapshot for {run.ds} already exists (run {existing.get('dag_run_id')}); "
             "not scanning. Trigger with overwrite=true to replace it"
@@ -252,6 +299,12 @@ def scan_account(
     return summary
 
 
+def _not_requested(run: RunInfo, account: Account) -> dict[str, Any]:
+    """The status of an expected account that a subset run did not scan (it is a gap of this run)."""
+    message = "not named in this run's accounts param: a subset run does not scan it"
+    return _status_doc(run, account, status=NOT_REQUESTED, error={"code": "NotRequested", "message": message})
+
+
 def _ledger(statuses: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One coverage entry per account and region (or per account when it failed before regions)."""
     entries: list[dict[str, Any]] = []
@@ -295,6 +348,118 @@ def _expected_doc(expected: Sequence[Mapping[str, Any]], plan: Mapping[str, Any]
     }
 
 
+# The fixed-name CSV's metadata key naming the commit it is a copy of (how a later attempt sees that the
+# copies of a committed snapshot were not finished).
+COMMIT_ID_METADATA = "commit-id"
+
+
+def _commit(
+    settings: Settings,
+    run: RunInfo,
+    store: SnapshotStore,
+    manifest: dict[str, Any],
+    parts: Sequence[str],
+) -> None:
+    """
+    Write this attempt's objects under its own commit folder, once, never to be changed: the CSV (streamed
+    from the parts), ``changes.csv``, the Parquet file and the Athena symlinks; fill the manifest's keys
+    and ``published`` (which fixed-name file is a copy of which object). Writes no fixed-name file: the
+    date's manifest, written next, commits the snapshot.
+    """
+    layout = store.layout
+    attempt = f"try{run.try_number}-{secrets.token_hex(4)}"  # a failed attempt's objects are never reused
+    folder = layout.commit(run.ds, run.run_id, attempt)
+    view = store.for_commit(run.ds, folder)
+    csv_key = view.layout.snapshot(run.ds, CSV_NAME)
+    with spool() as csv_file:
+        sha256 = store.merge_parts(parts, csv_file)
+        size = csv_file.seek(0, io.SEEK_END)
+        csv_file.seek(0)
+        manifest.update(
+            csv_key=csv_key,
+            csv_uri=store.uri(csv_key),
+            csv_sha256=sha256,
+            csv_bytes=size,
+            commit_id=attempt,
+            commit_prefix=folder,
+        )
+        metadata = {
+            "dag-run-id": header_safe(run.run_id)[:200],
+            "sha256": sha256,
+            "rows": str(manifest["row_count"]),
+            COMMIT_ID_METADATA: attempt,
+        }
+        store.upload_csv(csv_file, csv_key, metadata)
+        csv_file.seek(0)
+        manifest["changes"] = changes.write_changes(view, run.ds, manifest, csv_file)
+        csv_file.seek(0)
+        # Athena's CSV symlink names the date's fixed-name copy: the same text every time, so writing it
+        # before the commit changes nothing a reader sees.
+        fixed = {**manifest, "csv_key": layout.snapshot(run.ds, CSV_NAME)}
+        manifest.update(formats.write_formats(view, run.ds, fixed, csv_file, parquet=settings.parquet))
+    manifest["published"] = _published(manifest)
+
+
+def _published(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """
+    The fixed-name files of a snapshot and the object each is a copy of (``key`` ``None``: the file must
+    not exist), in the order they are refreshed: the CSV last, so its metadata says all were. A manifest
+    written before commits (no ``published``) names its fixed-name files themselves.
+    """
+    if manifest.get("published"):
+        return list(manifest["published"])
+    changes_doc, parquet = manifest.get("changes") or {}, manifest.get("parquet") or {}
+    return [
+        {"name": changes.CHANGES_NAME, "key": changes_doc.get("key"), "bytes": changes_doc.get("bytes")},
+        {"name": PARQUET_NAME, "key": parquet.get("key"), "bytes": parquet.get("bytes")},
+        {"name": CSV_NAME, "key": manifest.get("csv_key"), "bytes": manifest.get("csv_bytes")},
+    ]
+
+
+def _place(store: SnapshotStore, entry: Mapping[str, Any], key: str) -> None:
+    """Make the fixed-name ``key`` a copy of ``entry``'s object (server-side), or remove it."""
+    if entry.get("key") is None:
+        store.delete(key)
+    elif entry["key"] != key:  # a snapshot written before commits: its files are their own fixed names
+        store.copy_sized(str(entry["key"]), key, entry.get("bytes"))
+
+
+def _publish(store: SnapshotStore, snapshot: Mapping[str, Any], *, latest: bool) -> None:
+    """
+    Refresh the fixed-name copies of a committed snapshot: ``ds=D/`` (and ``latest/`` when ``latest``,
+    its manifest last), then remove the date's other commits' objects (the snapshot this one replaced,
+    attempts that died before committing), then the date's CSV, last. Each step is idempotent: an attempt
+    interrupted anywhere is finished by the next one (see :func:`_unfinished`).
+    """
+    layout, ds = store.layout, str(snapshot["ds"])
+    *rest, last = _published(snapshot)
+    for entry in rest:
+        _place(store, entry, layout.snapshot(ds, entry["name"]))
+    if latest:
+        for entry in (*rest, last):
+            _place(store, entry, layout.latest(entry["name"]))
+        store.put_json(layout.latest(MANIFEST_NAME), snapshot)
+    if snapshot.get("commit_prefix"):
+        own = f"{snapshot['commit_prefix']}/"
+        store.delete_keys(k for k in store.list_keys(layout.commits(ds)) if not k.startswith(own))
+    _place(store, last, layout.snapshot(ds, last["name"]))
+
+
+def _unusable(store: SnapshotStore, document: Document) -> list[dict[str, str]]:
+    """A document that could not be used (not JSON, not an object), for the summary: key, URI, why."""
+    if not document.unusable:
+        return []
+    return [{"key": document.key, "uri": store.uri(document.key), "problem": document.unusable}]
+
+
+def _unfinished(store: SnapshotStore, snapshot: Mapping[str, Any]) -> bool:
+    """Whether a committed snapshot's fixed-name copies were left unfinished (its CSV's is refreshed last)."""
+    if not snapshot.get("commit_id"):
+        return False
+    metadata = store.head_metadata(store.layout.snapshot(str(snapshot["ds"]), CSV_NAME)) or {}
+    return metadata.get(COMMIT_ID_METADATA) != snapshot["commit_id"]
+
+
 def merge_inventory(
     settings: Settings,
     run: RunInfo,
@@ -310,13 +475,26 @@ def merge_inventory(
     ``plan`` (from resolve) adds the expected account list and the accounts not scanned to the manifest.
 
     A date's snapshot is only replaced by a better one (or when the run asks to overwrite it); a failed
-    upload leaves the previous snapshot and ``latest/`` as they were.
+    upload leaves the previous snapshot and ``latest/`` as they were. A snapshot's objects are written under
+    the attempt's own commit folder and committed by the date's manifest (its keys name them); the
+    fixed-name copies in ``ds=`` and ``latest/`` follow, and an attempt that was interrupted while copying
+    is finished by the next merge of the date. An unusable manifest (not JSON, not an object) counts as
+    none and is named in the summary's ``unusable``.
     """
     layout = store.layout
     staging = layout.staging(run.ds, run.run_id)
     csv_key, manifest_key = layout.snapshot(run.ds, CSV_NAME), layout.snapshot(run.ds, MANIFEST_NAME)
     accounts = sorted((Account.from_dict(a) for a in expected), key=lambda a: a.id)
-    existing = store.get_json(manifest_key)
+    existing_doc = store.get_document(manifest_key)  # an unusable manifest counts as none (and is named)
+    existing = existing_doc.body
+    # A subset run (its accounts Param) is measured against the whole expected set: each expected account
+    # it did not scan is a NOT_REQUESTED gap, so a subset is never complete.
+    requested = {a.id for a in accounts}
+    listed = (plan or {}).get("expected_accounts") or []
+    unrequested = sorted(
+        (Account.from_dict(a) for a in listed if a["id"] not in requested), key=lambda a: a.id
+    )
+    subset = bool(unrequested)
 
     statuses: list[dict[str, Any]] = []
     if not skip_reason:
@@ -335,6 +513,8 @@ def merge_inventory(
                     },
                 )
             statuses.append(doc)
+        statuses += [_not_requested(run, a) for a in unrequested]
+        statuses.sort(key=lambda d: str(d["account"]))
     entries = _ledger(statuses)
     totals = coverage.summarise(entries, settings.denied_regions_fail_coverage)
     parts = [d["part_key"] for d in statuses if d.get("part_key")]
@@ -351,8 +531,10 @@ def merge_inventory(
         "csv_uri": store.uri(csv_key),
         "columns": list(COLUMNS),
         "row_count": row_count,
-        "complete": totals["complete"] and bool(statuses),
-        "accounts_expected": len(accounts),
+        "complete": totals["complete"] and bool(statuses) and not subset,
+        "subset": subset,
+        "accounts_requested": sorted(requested) if subset else None,
+        "accounts_expected": len(accounts) + len(unrequested),
         "accounts_covered": totals["accounts_covered"],
         "regions_scanned": totals["regions_scanned"],
         "regions_disabled": totals["regions_disabled"],
@@ -376,47 +558,39 @@ def merge_inventory(
         write, reason = False, skip_reason
     else:
         store.put_json(f"{staging}/{MANIFEST_NAME}", manifest)
-        write, reason = decide_write(existing, snapshot_rank(manifest), overwrite, run.run_id)
+        write, reason = decide_write(existing, snapshot_rank(manifest), overwrite, run.run_id, subset=subset)
+
+    unusable = _unusable(store, existing_doc)
+    if unusable and write:
+        reason += f" (the date's manifest.json was unusable, treated as absent: {existing_doc.unusable})"
 
     latest_updated = False
     if write:
-        with spool() as csv_file:
-            sha256 = store.merge_parts(parts, csv_file)
-            manifest["csv_sha256"] = sha256
-            # The CSV first: a failed upload leaves nothing new under ds=. Then changes.csv, Parquet and the
-            # Athena symlinks, made from the same merged file; the manifest, written last, commits them all.
-            metadata = {"dag-run-id": header_safe(run.run_id)[:200], "sha256": sha256, "rows": str(row_count)}
-            store.upload_csv(csv_file, csv_key, metadata)
-            csv_file.seek(0)
-            manifest["changes"] = changes.write_changes(store, run.ds, manifest, csv_file)
-            csv_file.seek(0)
-            extra = formats.write_formats(store, run.ds, manifest, csv_file, parquet=settings.parquet)
-            manifest.update(extra)
+        # The run's objects under its own commit folder first (a failed attempt changes nothing a reader of
+        # the manifest sees), then the manifest, which commits them, then the fixed-name copies.
+        _commit(settings, run, store, manifest, parts)
         store.put_json(manifest_key, manifest)
-        log.info("Wrote %s (%d rows): %s", store.uri(csv_key), row_count, reason)
+        log.info("Committed %s (%d rows): %s", manifest["csv_uri"], row_count, reason)
     else:
         log.warning("Did not write %s: %s", store.uri(csv_key), reason)
 
-    # latest/ follows the newest date's snapshot; this also repairs a latest/ that an earlier attempt of
-    # this date failed to update (the date's snapshot was written, the copy was not).
+    # The fixed-name copies follow the committed snapshot, and latest/ the newest date's: refreshed after a
+    # commit, and finished here when an earlier attempt committed but was interrupted while copying.
     snapshot = manifest if write else existing
     if snapshot is not None:
-        latest = store.get_json(layout.latest(MANIFEST_NAME))
+        latest_doc = store.get_document(layout.latest(MANIFEST_NAME))
+        unusable += _unusable(store, latest_doc)
+        latest = latest_doc.body
         newer = latest is None or str(latest.get("ds", "")) < run.ds
+        identity = ("dag_run_id", "csv_sha256", "commit_id")
         stale = (
             latest is not None
             and str(latest.get("ds", "")) == run.ds
-            and (
-                latest.get("dag_run_id"),
-                latest.get("csv_sha256"),
-            )
-            != (snapshot.get("dag_run_id"), snapshot.get("csv_sha256"))
+            and [latest.get(k) for k in identity] != [snapshot.get(k) for k in identity]
         )
-        if newer or stale:
-            store.copy(csv_key, layout.latest(CSV_NAME))
-            formats.publish_latest(store, snapshot)
-            store.put_json(layout.latest(MANIFEST_NAME), snapshot)
-            latest_updated = True
+        if write or newer or stale or _unfinished(store, snapshot):
+            _publish(store, snapshot, latest=newer or stale)
+            latest_updated = newer or stale
 
     current = manifest if write else (existing or manifest)
     gaps = coverage.summarise(current.get("coverage", []), settings.denied_regions_fail_coverage)["gaps"]
@@ -434,30 +608,44 @@ def merge_inventory(
         "accounts_covered": current.get("accounts_covered", 0),
         "regions_scanned": current.get("regions_scanned", 0),
         "regions_disabled": current.get("regions_disabled", 0),
-        "run_complete": manifest["complete"] if not skip_reason else bool(current.get("complete")),
-        "snapshot_complete": bool(current.get("complete")),
+        "run_complete": manifest["complete"] if not skip_reason else is_complete(current),
+        "snapshot_complete": is_complete(current),
+        "subset": subset,  # this run's, whether or not it was written
+        "accounts_requested": manifest["accounts_requested"],
         "gap_count": len(gaps),
         "gaps": gaps[:MAX_GAPS_IN_XCOM],
         "changes": current.get("changes"),
-        "parquet_uri": (current.get("parquet") or {}).get("uri"),
+        "parquet_uri": store.uri(layout.snapshot(run.ds, PARQUET_NAME)) if current.get("parquet") else None,
+        "unusable": unusable,
     }
 
 
-def notify_cmdb(settings: Settings, summary: Mapping[str, Any]) -> str:
-    """Publish the summary to the CMDB team's topic (or log it when no topic is configured)."""
+def notify_cmdb(settings: Settings, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Publish the summary to the CMDB team's topic (or log it when no topic is configured); return a small
+    receipt (the XCom): where it went, its subject, its size and SNS's message id, never the text itself.
+    """
     from include.cmdb_inventory import notify, preflight
 
     texts = preflight if summary.get("mode") == preflight.PREFLIGHT else notify
     text, title = texts.message(summary), texts.subject(summary)
+    receipt: dict[str, Any] = {
+        "topic_arn": settings.sns_topic_arn,
+        "subject": title,
+        "message_bytes": len(text.encode("utf-8")),
+        "message_id": None,
+    }
     if not settings.sns_topic_arn:
         log.info("No sns_topic_arn configured; the notification would be:\n%s", text)
-        return text
+        return receipt
     from airflow.providers.amazon.aws.hooks.sns import SnsHook
 
     hook = SnsHook(aws_conn_id=settings.aws_conn_id, region_name=settings.hub_region)
-    hook.publish_to_target(target_arn=settings.sns_topic_arn, message=text, subject=title)
+    receipt["message_id"] = hook.publish_to_target(
+        target_arn=settings.sns_topic_arn, message=text, subject=title
+    )
     log.info("Notified %s:\n%s", settings.sns_topic_arn, text)
-    return text
+    return receipt
 
 
 def check_coverage(summary: Mapping[str, Any]) -> None:

@@ -1,68 +1,157 @@
-"""The text of the CMDB team's notification and of failure alerts."""
+"""
+The text of the CMDB team's notification and of failure alerts.
+
+Every value shown is cleaned and cut (:func:`~include.cmdb_inventory.text.clean`: tag authors choose names
+and tag values), every line is bounded, and the whole notification stays within
+:data:`~include.cmdb_inventory.text.MAX_MESSAGE_BYTES` (below SNS's limit): what does not fit is counted
+on a line pointing at ``changes.csv`` or the manifest, which hold everything.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from include.cmdb_inventory.text import (
+    ELLIPSIS,
+    MAX_LINE_CHARS,
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT_CHARS,
+    SNS_SUBJECT_LIMIT,
+    clean,
+    cut_published,
+    line_cost,
+    published_size,
+)
 
 MAX_GAPS_LISTED = 50
-SNS_SUBJECT_MAX = 100
+SNS_SUBJECT_MAX = SNS_SUBJECT_LIMIT  # a subject is shorter than this (characters)
+
+
+class _Listing(NamedTuple):
+    """
+    A part of the message: its title lines, the items it lists (as many as fit), and ``more``, the line
+    for what is not listed given how many items are (None when nothing is left out). Parts with a lower
+    ``rank`` get the room first.
+    """
+
+    title: list[str]
+    items: list[str]
+    more: Callable[[int], str | None]
+    rank: int
+
+
+def _number(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _gap_line(gap: Mapping[str, Any]) -> str:
-    where = gap["account"] + (f" {gap['region']}" if gap.get("region") else "")
-    name = f" ({gap['account_name']})" if gap.get("account_name") else ""
+    where = clean(gap["account"]) + (f" {clean(gap['region'])}" if gap.get("region") else "")
+    name = f" ({clean(gap['account_name'])})" if gap.get("account_name") else ""
     error = gap.get("error") or {}
-    reason = f"{error.get('code', '')}: {error.get('message', '')}".strip(": ")
-    return f"  - {where}{name}: {gap['status']}" + (f" - {reason}" if reason else "")
+    reason = f"{clean(error.get('code'))}: {clean(error.get('message'), MAX_TEXT_CHARS)}".strip(": ")
+    return f"  - {where}{name}: {clean(gap['status'])}" + (f" - {reason}" if reason else "")
 
 
 def _change_line(change: Mapping[str, Any]) -> str:
-    where = f"{change['account']} {change['region']} {change['instance_id']}"
-    name = f" ({change['name']})" if change.get("name") else ""
-    line = f"  {change['change']:<8} {where}{name}"
+    where = f"{clean(change['account'])} {clean(change['region'])} {clean(change['instance_id'])}"
+    name = f" ({clean(change['name'])})" if change.get("name") else ""
+    line = f"  {clean(change['change']):<8} {where}{name}"
     if change.get("field"):
-        old, new = change.get("old_value") or "(empty)", change.get("new_value") or "(empty)"
-        line += f" {change['field']}: {old} -> {new}"
+        old = clean(change.get("old_value")) or "(empty)"
+        new = clean(change.get("new_value")) or "(empty)"
+        line += f" {clean(change['field'])}: {old} -> {new}"
     if change.get("reason"):
-        line += f" [{change['reason']}]"
+        line += f" [{clean(change['reason'], MAX_TEXT_CHARS)}]"
     return line
 
 
-def _change_lines(changes: Mapping[str, Any] | None) -> list[str]:
+def _change_parts(changes: Mapping[str, Any] | None) -> list[_Listing]:
     """Counts and the first changes since the previous complete snapshot (changes.csv has them all)."""
     if not changes:
         return []
+    uri = clean(changes.get("uri"), MAX_TEXT_CHARS)
     if changes.get("status") != "COMPARED":
-        return ["", f"Changes:  none listed: {changes.get('detail', '')}", f"          {changes['uri']}"]
-    lines = [
+        detail = clean(changes.get("detail"), MAX_TEXT_CHARS)
+        return [_Listing(["", f"Changes:  none listed: {detail}", f"          {uri}"], [], lambda _: None, 1)]
+    added, removed = _number(changes.get("added")), _number(changes.get("removed"))
+    not_verified = _number(changes.get("not_verified"))
+    listable = added + removed + _number(changes.get("changed_fields", changes.get("changed")))
+    title = [
         "",
-        f"Changes since {changes['previous_ds']}: {changes['added']} added, {changes['removed']} removed, "
-        f"{changes['changed']} changed, {changes['not_verified']} not verified",
-        f"          {changes['uri']}",
+        f"Changes since {clean(changes.get('previous_ds'))}: {added} added, {removed} removed, "
+        f"{_number(changes.get('changed'))} changed, {not_verified} not verified",
+        f"          {uri}",
     ]
-    top = changes.get("top") or []
-    lines += [_change_line(c) for c in top]
-    if len(top) < changes["added"] + changes["removed"] + changes.get("changed_fields", changes["changed"]):
-        lines.append("  ... and more in changes.csv")
-    groups = changes.get("not_verified_groups") or []
-    for group in groups[:MAX_GAPS_LISTED]:
-        count = group["instances"]
-        lines.append(f"  NOT_VERIFIED {count} instance(s), not counted as removed: {group['reason']}")
-    if changes["not_verified"] > sum(g["instances"] for g in groups[:MAX_GAPS_LISTED]):
-        lines.append("  ... more not verified: see changes.csv")
-    return lines
+    top = [_change_line(c) for c in changes.get("top") or []]
+
+    def more_changes(listed: int) -> str | None:
+        left = listable - listed
+        return f"  {ELLIPSIS} {left} more changes in {uri}" if left > 0 else None
+
+    groups = (changes.get("not_verified_groups") or [])[:MAX_GAPS_LISTED]
+    group_lines = [
+        f"  NOT_VERIFIED {_number(g.get('instances'))} instance(s), not counted as removed: "
+        f"{clean(g.get('reason'), MAX_TEXT_CHARS)}"
+        for g in groups
+    ]
+
+    def more_not_verified(listed: int) -> str | None:
+        left = not_verified - sum(_number(g.get("instances")) for g in groups[:listed])
+        return f"  {ELLIPSIS} {left} more not verified in {uri}" if left > 0 else None
+
+    return [_Listing(title, top, more_changes, 1), _Listing([], group_lines, more_not_verified, 2)]
+
+
+def _fit(head: Sequence[str], parts: Sequence[_Listing]) -> str:
+    """
+    ``head``, then each part's title, as many of its items as fit and its line for the rest, within
+    :data:`MAX_MESSAGE_BYTES`. The head and titles always; then items by rank (the gaps first: they are the
+    notification's contract).
+    """
+    head = [clean(line, MAX_LINE_CHARS) for line in head]
+    parts = [
+        p._replace(
+            title=[clean(t, MAX_LINE_CHARS) for t in p.title],
+            items=[clean(i, MAX_LINE_CHARS) for i in p.items],
+        )
+        for p in parts
+    ]
+    # Sizes as SNS counts them (published_size: the provider's JSON); a message of no lines costs the
+    # envelope. A part's "more" line is widest when nothing is listed.
+    room = MAX_MESSAGE_BYTES - published_size("") + line_cost("")
+    room -= sum(line_cost(line) for line in head)
+    room -= sum(line_cost(line) for p in parts for line in [*p.title, p.more(0) or ""])
+    listed = [0] * len(parts)
+    for index in sorted(range(len(parts)), key=lambda i: parts[i].rank):
+        for item in parts[index].items:
+            if line_cost(item) > room:
+                break
+            room -= line_cost(item)
+            listed[index] += 1
+    lines = list(head)
+    for part, count in zip(parts, listed, strict=True):
+        more = part.more(count)
+        lines += [*part.title, *part.items[:count], *([clean(more, MAX_LINE_CHARS)] if more else [])]
+    # A backstop only: the head and titles are made of cut values and fit with room to spare.
+    return cut_published("\n".join(lines), MAX_MESSAGE_BYTES)
 
 
 def subject(summary: Mapping[str, Any]) -> str:
-    """A short subject line (SNS allows 100 characters)."""
+    """A short subject line: shorter than SNS allows (``SNS_SUBJECT_MAX``), no control characters."""
     state = "complete" if summary.get("snapshot_complete") else "INCOMPLETE"
-    text = f"EC2 inventory {summary['ds']}: {summary['row_count']} instances, {state}"
-    return text[:SNS_SUBJECT_MAX]
+    text = f"EC2 inventory {clean(summary['ds'])}: {clean(summary['row_count'])} instances, {state}"
+    return clean(text, SNS_SUBJECT_MAX - 1)
 
 
 def message(summary: Mapping[str, Any]) -> str:
-    """Where the CSV is, what it holds and covers, and every gap with its reason."""
+    """
+    Where the CSV is, what it holds and covers, each gap with its reason and the first changes, as many as
+    fit in :data:`MAX_MESSAGE_BYTES` (the rest counted, with where to find them).
+    """
     lines = [f"EC2 inventory for {summary['ds']} (run {summary['dag_run_id']})", ""]
     if summary.get("written"):
         lines.append(f"CSV:      {summary['csv_uri']}")
@@ -76,27 +165,39 @@ def message(summary: Mapping[str, Any]) -> str:
         f"Regions:  {summary['regions_scanned']} scanned, {summary.get('regions_disabled', 0)} not enabled",
         f"Complete: {'yes' if summary.get('run_complete') else 'no'}",
     ]
+    if summary.get("subset"):
+        lines.append(f"Subset:   only the {len(summary['accounts_requested'])} account(s) its param names")
     if summary.get("written"):
         lines.append(f"Why:      {summary['decision_reason']}")
     if summary.get("latest_updated"):
         lines.append(f"Latest:   {summary['latest_uri']}")
     if summary.get("parquet_uri"):
         lines.append(f"Parquet:  {summary['parquet_uri']}")
-    lines += _change_lines(summary.get("changes"))
+    # A manifest the merge could not use (not JSON, not an object): the team learns which, and why.
+    for document in (summary.get("unusable") or [])[:MAX_GAPS_LISTED]:
+        uri, problem = clean(document.get("uri"), MAX_TEXT_CHARS), clean(document.get("problem"))
+        lines.append(f"Unusable: {uri} ({problem}): treated as absent")
+    parts = _change_parts(summary.get("changes"))
     gaps = summary.get("gaps") or []
     if gaps:
-        lines += ["", f"Not covered ({summary.get('gap_count', len(gaps))}):"]
-        lines += [_gap_line(g) for g in gaps[:MAX_GAPS_LISTED]]
-        if summary.get("gap_count", len(gaps)) > MAX_GAPS_LISTED:
-            lines.append(f"  ... and more: see {summary['manifest_uri']}")
-    return "\n".join(lines)
+        gap_count = _number(summary.get("gap_count", len(gaps)))
+        manifest_uri = clean(summary["manifest_uri"], MAX_TEXT_CHARS)
+
+        def more_gaps(listed: int) -> str | None:
+            left = gap_count - listed
+            return f"  {ELLIPSIS} {left} more not covered: see {manifest_uri}" if left > 0 else None
+
+        items = [_gap_line(g) for g in gaps[:MAX_GAPS_LISTED]]
+        parts.append(_Listing(["", f"Not covered ({gap_count}):"], items, more_gaps, 0))
+    return _fit(lines, parts)
 
 
 def failure_message(task: str, account: str, run_id: str, try_number: int, error: str) -> str:
-    """A task failure alert naming the task and the account."""
+    """A task failure alert naming the task and the account (each value cleaned and cut)."""
+    task, account, run_id = clean(task), clean(account, MAX_TEXT_CHARS), clean(run_id, MAX_TEXT_CHARS)
     where = f"{task} for account {account}" if account else task
     return (
         f"cmdb_ec2_inventory: {where} failed (run {run_id}, try {try_number}).\n"
-        f"Error: {error}\n"
+        f"Error: {clean(error, MAX_TEXT_CHARS)}\n"
         "Other accounts are not affected; the run's manifest lists every gap."
     )

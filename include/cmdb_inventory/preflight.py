@@ -13,6 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from include.cmdb_inventory import coverage
 from include.cmdb_inventory.config import Account, Settings
+from include.cmdb_inventory.text import (
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT_CHARS,
+    SNS_SUBJECT_LIMIT,
+    clean,
+    cut_published,
+)
 
 if TYPE_CHECKING:
     from cmdb_inventory_aws.hooks import CrossAccountHook
@@ -232,7 +239,8 @@ def preflight_report(
 def subject(summary: Mapping[str, Any]) -> str:
     """SNS subject (at most 100 characters)."""
     state = "all ready" if summary.get("ready") else f"{summary.get('not_ready_count', 0)} NOT READY"
-    return f"EC2 inventory preflight {summary['ds']}: {summary['accounts_expected']} accounts, {state}"[:100]
+    text = f"EC2 inventory preflight {summary['ds']}: {summary['accounts_expected']} accounts, {state}"
+    return clean(text, SNS_SUBJECT_LIMIT - 1)
 
 
 def message(summary: Mapping[str, Any]) -> str:
@@ -250,12 +258,13 @@ def message(summary: Mapping[str, Any]) -> str:
     if not_ready:
         lines += ["", f"Not ready ({summary.get('not_ready_count', len(not_ready))}):"]
         for item in not_ready[:MAX_NOT_READY_LISTED]:
-            name = f" ({item['account_name']})" if item.get("account_name") else ""
-            lines.append(f"  - {item['account']}{name}: {item['status']}")
-            lines += [f"      {reason}" for reason in item.get("reasons", [])[:10]]
+            name = f" ({clean(item['account_name'])})" if item.get("account_name") else ""
+            lines.append(f"  - {clean(item['account'])}{name}: {clean(item['status'])}")
+            lines += [f"      {clean(reason, MAX_TEXT_CHARS)}" for reason in item.get("reasons", [])[:10]]
         if summary.get("not_ready_count", len(not_ready)) > MAX_NOT_READY_LISTED:
             lines.append(f"  ... and more: see {summary['report_uri']}")
-    return "\n".join(lines)
+    # Account names and AWS error texts are bounded above; the cap holds for any number of accounts.
+    return cut_published("\n".join(lines), MAX_MESSAGE_BYTES)
 
 
 def check_ready(summary: Mapping[str, Any]) -> None:

@@ -133,7 +133,7 @@ def merge(context: Mapping[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def notify(context: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+def notify(context: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
     """``notify_cmdb``: tell the CMDB team."""
     return inventory.notify_cmdb(settings_from(context), summary)
 

@@ -14,6 +14,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from copy import copy as shallow_copy
 from dataclasses import dataclass
 from itertools import islice
 from typing import IO, TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ PART_PREFETCH = 8
 # CSV's size (two at a time made the merge's peak memory still grow by a chunk between 100k and 1M rows).
 UPLOAD_CHUNK = 16 * CHUNK
 UPLOAD_THREADS = 1
+MAX_COPY_OBJECT = 5 * 1024**3  # the largest object one CopyObject can copy
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -88,6 +90,70 @@ class Layout:
         """One account's coverage status."""
         return f"{staging}/status/{account_id}.json"
 
+    def commits(self, ds: str) -> str:
+        """Where every commit of one date keeps its objects (``{prefix}/ds=D/run=``...)."""
+        return f"{self.prefix}/ds={ds}/run="
+
+    def commit(self, ds: str, run_id: str, attempt: str) -> str:
+        """
+        One merge attempt's own folder: its CSV, ``changes.csv`` and Parquet file, written once and never
+        changed; the date's manifest commits them (its ``csv_key`` etc. name them).
+        """
+        return f"{self.commits(ds)}{safe_segment(run_id)}/{attempt}"
+
+
+@dataclass(frozen=True)
+class CommitLayout(Layout):
+    """A layout whose snapshot files of ``ds`` are one commit's (``commit``), every other key as usual."""
+
+    ds: str = ""
+    commit: str = ""
+
+    def snapshot(self, ds: str, name: str) -> str:
+        """The commit's file for its own date; the contract's key for any other date."""
+        return f"{self.commit}/{name}" if ds == self.ds else super().snapshot(ds, name)
+
+
+@dataclass(frozen=True)
+class Document:
+    """
+    A JSON document as read from S3: ``body`` (an object), or ``None`` when the key does not exist or the
+    document is unusable (not valid JSON, or not a JSON object), and then ``unusable`` says why.
+    """
+
+    key: str
+    body: dict[str, Any] | None
+    unusable: str | None = None
+
+
+def _copy_source_bucket(source: Any) -> str | None:
+    """The bucket of a ``CopySource`` argument (``{"Bucket", "Key"}`` or ``"bucket/key"``)."""
+    if isinstance(source, Mapping):
+        return str(source.get("Bucket") or "") or None
+    if isinstance(source, str):
+        return source.lstrip("/").split("/", 1)[0] or None
+    return None
+
+
+@dataclass(frozen=True)
+class _OwnerHook:
+    """A botocore ``before-parameter-build.s3`` handler: the owner on every request to ``bucket``."""
+
+    bucket: str
+    owner: str
+
+    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        if params.get("Bucket") != self.bucket:
+            return
+        members = model.input_shape.members if model.input_shape is not None else {}
+        if "ExpectedBucketOwner" in members:
+            params.setdefault("ExpectedBucketOwner", self.owner)
+        # A copy within the bucket (latest/ from ds=): its source is checked too (s3transfer's copy
+        # refuses ExpectedSourceBucketOwner as an extra argument).
+        source = _copy_source_bucket(params.get("CopySource"))
+        if "ExpectedSourceBucketOwner" in members and source == self.bucket:
+            params.setdefault("ExpectedSourceBucketOwner", self.owner)
+
 
 class SnapshotStore:
     """
@@ -109,6 +175,15 @@ class SnapshotStore:
         self.layout = Layout(prefix)
         self.kms_key_id = kms_key_id
         self.expected_bucket_owner = expected_bucket_owner
+        if expected_bucket_owner:
+            # The requests s3transfer makes on its own (AbortMultipartUpload after a failed part) take no
+            # extra arguments: add the owner to every request of this client for this bucket, before
+            # botocore validates and serialises it (what the caller passed is kept).
+            s3.meta.events.register(
+                "before-parameter-build.s3",
+                _OwnerHook(bucket, expected_bucket_owner),
+                unique_id=f"cmdb-expected-bucket-owner:{bucket}:{expected_bucket_owner}",
+            )
 
     def uri(self, key: str) -> str:
         """``s3://bucket/key``."""
@@ -188,7 +263,14 @@ class SnapshotStore:
         self.put_bytes(key, body, "application/json")
 
     def get_json(self, key: str) -> dict[str, Any] | None:
-        """Read a JSON document; ``None`` when there is none."""
+        """
+        Read a JSON document; ``None`` when there is none, or when it is unusable (logged, naming the key):
+        every reader then treats a truncated or foreign document as absent instead of crashing.
+        """
+        return self.get_document(key).body
+
+    def get_document(self, key: str) -> Document:
+        """Read a JSON document, telling a missing one from an unusable one (not JSON, not an object)."""
         from botocore.exceptions import ClientError
 
         try:
@@ -196,15 +278,68 @@ class SnapshotStore:
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code"))
             if code in ("NoSuchKey", "404"):
-                return None
+                return Document(key, None)
             # S3 answers 403, not 404, for a missing key when the caller's s3:ListBucket does not cover
             # it; the hub's does only under the prefix. Listing this key (it sorts first) tells them apart.
             if code not in ("AccessDenied", "403"):
                 raise
             if self._first_key(key) != key:
-                return None
+                return Document(key, None)
             raise self._bucket_error(err) or err from None
-        return json.loads(response["Body"].read())
+        raw = response["Body"].read()
+        try:
+            body = json.loads(raw)
+        except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
+            problem = f"not valid JSON ({len(raw)} bytes: {str(err)[:120]})"
+        else:
+            if isinstance(body, dict):
+                return Document(key, body)
+            problem = f"not a JSON object (a JSON {type(body).__name__})"
+        log.error("%s is unusable, treated as absent: %s", self.uri(key), problem)
+        return Document(key, None, problem)
+
+    def for_commit(self, ds: str, commit: str) -> SnapshotStore:
+        """This store with the snapshot files of ``ds`` under ``commit`` (the same client and settings)."""
+        view = shallow_copy(self)
+        view.layout = CommitLayout(self.layout.prefix, ds=ds, commit=commit)
+        return view
+
+    def head_metadata(self, key: str) -> dict[str, str] | None:
+        """An object's user metadata (HeadObject); ``None`` when there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.s3.head_object(Bucket=self.bucket, Key=key, **self.owner_args)
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return dict(response.get("Metadata") or {})
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (ListObjectsV2, paginated)."""
+        paginator = self.s3.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, **self.owner_args)
+        return [obj["Key"] for page in pages for obj in page.get("Contents") or []]
+
+    def delete_keys(self, keys: Iterable[str]) -> None:
+        """Delete objects (DeleteObjects, a thousand per request); keys that do not exist are no error."""
+        listed = list(keys)
+        for start in range(0, len(listed), 1000):
+            batch = [{"Key": key} for key in listed[start : start + 1000]]
+            answer = self.s3.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}, **self.owner_args
+            )
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise RuntimeError(
+                    f"could not delete {self.uri(first.get('Key', ''))}: {first.get('Code')}: "
+                    f"{first.get('Message')} ({len(answer['Errors'])} objects not deleted)"
+                )
+
+    def delete(self, key: str) -> None:
+        """Delete one object (no error when there is none)."""
+        self.s3.delete_object(Bucket=self.bucket, Key=key, **self.owner_args)
 
     def write_part(self, key: str, records: Iterable[Record]) -> int:
         """Write one account's rows as a gzip CSV fragment (no header); return the row count."""
@@ -292,10 +427,28 @@ class SnapshotStore:
 
     def copy(self, source_key: str, key: str) -> None:
         """Server-side copy within the bucket (managed: multipart for large objects)."""
-        # s3transfer refuses ExpectedSourceBucketOwner (ValueError); the source is this same bucket, and
-        # ExpectedBucketOwner is sent on the source HeadObject and on every write of the copy.
+        # s3transfer refuses ExpectedSourceBucketOwner (ValueError) as an extra argument: the client's
+        # _OwnerHook adds it (and ExpectedBucketOwner) to the HeadObject and every write of the copy.
         extra: dict[str, str] = dict(self.write_args)
         self.s3.copy({"Bucket": self.bucket, "Key": source_key}, self.bucket, key, ExtraArgs=extra)
+
+    def copy_sized(self, source_key: str, key: str, size: int | None) -> None:
+        """
+        Server-side copy of an object whose size is known: one ``CopyObject`` (metadata and content type
+        copied) up to S3's limit for it, else the managed copy (HeadObject, then multipart).
+        """
+        if size is None or size > MAX_COPY_OBJECT:
+            self.copy(source_key, key)
+            return
+        owner = self.expected_bucket_owner
+        self.s3.copy_object(
+            CopySource={"Bucket": self.bucket, "Key": source_key},
+            Bucket=self.bucket,
+            Key=key,
+            MetadataDirective="COPY",
+            **({"ExpectedSourceBucketOwner": owner} if owner else {}),
+            **self.write_args,
+        )
 
 
 class _KeepOpen(io.RawIOBase):
@@ -331,12 +484,31 @@ def spool() -> IO[bytes]:
     return tempfile.SpooledTemporaryFile(max_size=8 * CHUNK, mode="w+b")
 
 
+# What manifests written before subsets were recorded say for a run whose accounts Param named the accounts.
+_PARAMS_SOURCE = "params.accounts"
+
+
+def is_subset(manifest: Mapping[str, Any] | None) -> bool:
+    """Whether a snapshot covers only the accounts a run's Param named (not the whole expected set)."""
+    if not isinstance(manifest, Mapping):
+        return False
+    if "subset" in manifest:
+        return bool(manifest["subset"])
+    # Older manifests measured a Param run against its own list: never trust their "complete".
+    return manifest.get("accounts_source") == _PARAMS_SOURCE
+
+
+def is_complete(manifest: Mapping[str, Any] | None) -> bool:
+    """Whether a snapshot covers every expected account and region; a subset never does."""
+    return isinstance(manifest, Mapping) and manifest.get("complete") is True and not is_subset(manifest)
+
+
 def snapshot_rank(manifest: Mapping[str, Any] | None) -> tuple[int, int, int]:
     """Order snapshots by quality: complete first, then regions covered, then rows."""
-    if not manifest:
+    if not manifest or not isinstance(manifest, Mapping):
         return (-1, -1, -1)
     ok = sum(1 for e in manifest.get("coverage", []) if e.get("status") == "OK")
-    return (int(bool(manifest.get("complete"))), ok, int(manifest.get("row_count") or 0))
+    return (int(is_complete(manifest)), ok, int(manifest.get("row_count") or 0))
 
 
 def decide_write(
@@ -344,21 +516,32 @@ def decide_write(
     new_rank: tuple[int, int, int],
     overwrite: bool,
     run_id: str | None = None,
+    *,
+    subset: bool = False,
 ) -> tuple[bool, str]:
     """
     The overwrite policy: write when there is no snapshot, when asked to (``overwrite``), or when the new
     one is at least as good as a partial one. Another run's complete snapshot, or a better one, is kept.
     This run's own earlier attempt (a retried or cleared merge) is replaced when not better than the new.
+    A ``subset`` run (its accounts Param named only some expected accounts) writes only with ``overwrite``.
     """
+    if subset and not overwrite:
+        return False, (
+            "this run scanned only the accounts its 'accounts' param names, a subset of the expected "
+            "accounts: a subset never replaces the date's snapshot or latest/; trigger with "
+            "overwrite=true to replace them (the manifest then records the subset)"
+        )
     if existing is None:
-        return True, "no snapshot for this date yet"
+        return True, "no snapshot for this date yet" + (" (a subset: overwrite=true)" if subset else "")
     if overwrite:
-        return True, "overwrite requested by the run's 'overwrite' param"
+        return True, "overwrite requested by the run's 'overwrite' param" + (
+            " (a subset of the expected accounts: the manifest says so)" if subset else ""
+        )
     if run_id is not None and existing.get("dag_run_id") == run_id:
         if new_rank >= snapshot_rank(existing):
             return True, "replaces this run's own earlier attempt"
         return False, "this run's earlier attempt covered more; kept it"
-    if existing.get("complete"):
+    if is_complete(existing):
         return False, (
             f"a complete snapshot for this date already exists (run {existing.get('dag_run_id')}); "
             "trigger with overwrite=true to replace it"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import threading
 from datetime import datetime
@@ -15,6 +14,10 @@ import botocore.loaders
 import botocore.session
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
+from botocore.credentials import Credentials, RefreshableCredentials
+
+from include.cmdb_inventory import redaction
+from include.cmdb_inventory.redaction import guard_botocore_logs, redact
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -30,71 +33,10 @@ _HUB_LOCK = threading.Lock()
 _HUB_SESSIONS: dict[str, Any] = {}  # the hub identity's boto3 session, per connection and region
 _HUB_IDENTITIES: dict[str, dict[str, str]] = {}  # and its GetCallerIdentity answer
 
-# At DEBUG, botocore logs request headers (key ids, session tokens), canonical requests and response bodies
-# (AssumeRole's carries the new secret key before it can be registered with the masker), and the hub's own
-# session (assumed by AwsBaseHook from the connection's role_arn) is never registered with the masker at all.
-_BOTOCORE_WIRE_LOGGERS = (
-    "botocore.auth",
-    "botocore.awsrequest",
-    "botocore.credentials",
-    "botocore.endpoint",
-    "botocore.httpsession",
-    "botocore.parsers",
-    "botocore.retryhandler",
-    "botocore.utils",
-    "urllib3.connectionpool",
-)
-_CREDENTIAL_PATTERNS = (
-    # Access key ids (long-term AKIA, temporary ASIA), e.g. in "Credential=ASIA.../20261126/..."
-    (re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"), "[redacted-key-id]"),
-    # Session tokens in headers (dict reprs), canonical requests and presigned query strings.
-    (
-        re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}&]+", re.IGNORECASE),
-        r"\1[redacted]",
-    ),
-    # Secrets in STS/IAM response bodies, XML or JSON.
-    (
-        re.compile(r"(<(SecretAccessKey|SessionToken)>)[^<]*(</\2>)"),
-        r"\1[redacted]\3",
-    ),
-    (re.compile(r"(['\"](?:SecretAccessKey|SessionToken)['\"]\s*:\s*['\"])[^'\"]*"), r"\1[redacted]"),
-)
-
-
-def redact_credentials(text: str) -> str:
-    """Replace anything shaped like an AWS access key id, secret key or session token."""
-    for pattern, replacement in _CREDENTIAL_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-class _CredentialLogFilter(logging.Filter):
-    """Redact credential-shaped text and every secret registered with the masker from botocore's records."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from airflow.sdk._shared.secrets_masker import redact
-
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record: do not let it through unredacted
-            record.msg, record.args = "[botocore record withheld: it could not be formatted]", None
-            return True
-        redacted = str(redact(redact_credentials(message)))
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-_CREDENTIAL_LOG_FILTER = _CredentialLogFilter()
-
-
-def guard_botocore_logs() -> None:
-    """
-    Put the credential filter on botocore's wire loggers (idempotent; it only matters at DEBUG). Called at
-    the start of every task (``runtime.settings_from``) and before every AssumeRole.
-    """
-    for name in _BOTOCORE_WIRE_LOGGERS:
-        logging.getLogger(name).addFilter(_CREDENTIAL_LOG_FILTER)
+# The credential redactor and botocore's log filter live in one module, shared with the coverage page (the
+# API server's process) and every scrubbing path; these names stay for callers of this module.
+redact_credentials = redact
+CredentialLogFilter = redaction.CredentialLogFilter
 
 
 class instance_cached_property(cached_property):
@@ -268,8 +210,52 @@ class HubHook(AwsBaseHook):
             return super().get_client_type(region_name=region_name, config=config, deferrable=deferrable)
 
 
+# AssumeRole refusals that the same request will get again: fail the account for good (no retries). A
+# ValidationError is a request AWS will never accept as sent (e.g. DurationSeconds above the role's
+# MaxSessionDuration); PackedPolicyTooLarge, session tags too large for the role.
+PERMANENT_ASSUME_ROLE_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidClientTokenId",
+        "NoSuchEntity",
+        "ValidationError",
+        "PackedPolicyTooLarge",
+    }
+)
+# botocore's refresh windows (re-assume this long before expiry: advisory, then blocking), scaled down for
+# short sessions: with botocore's fixed 15 minutes, a 15-minute session would be re-assumed on every call.
+BOTOCORE_ADVISORY_REFRESH_SECONDS = 15 * 60
+BOTOCORE_MANDATORY_REFRESH_SECONDS = 10 * 60
+
+
+def refresh_windows(duration_seconds: int) -> tuple[int, int]:
+    """(advisory, mandatory) seconds before expiry at which a session of this duration is re-assumed."""
+    return (
+        min(BOTOCORE_ADVISORY_REFRESH_SECONDS, duration_seconds // 3),
+        min(BOTOCORE_MANDATORY_REFRESH_SECONDS, duration_seconds // 6),
+    )
+
+
+def sign_with(client: BaseClient, credentials: Credentials) -> None:
+    """
+    Make ``client`` sign with ``credentials`` (refreshable). ``create_client`` takes only static keys, and
+    the one shared botocore session cannot hold every account's credentials, so the client's signer gets
+    them, as botocore's own sessions hand theirs over. Fails loudly if botocore renames the attribute.
+    """
+    signer = client._request_signer
+    if not hasattr(signer, "_credentials"):
+        raise RuntimeError(
+            "botocore's RequestSigner has no _credentials: cannot attach refreshable credentials"
+        )
+    signer._credentials = credentials
+
+
 class RoleNotAssumableError(RuntimeError):
-    """Raised for a permanent refusal of AssumeRole (missing role, broken trust, denied)."""
+    """
+    Raised for a permanent refusal of AssumeRole (missing role, broken trust, denied, a session longer than
+    the role allows): the account fails without retries (status ``ROLE_NOT_ASSUMABLE`` with the code).
+    """
 
     def __init__(self, role_arn: str, code: str, message: str) -> None:
         self.role_arn = role_arn
@@ -332,6 +318,7 @@ class CrossAccountHook(AwsBaseHook):
         self.max_pool_connections = max_pool_connections
         self.ec2_operations = frozenset(ec2_operations) if ec2_operations else None
         self._clients: dict[tuple[str, str], BaseClient] = {}
+        self.assume_role_count = 0  # AssumeRole calls of this hook: the first, then each refresh
 
     @property
     def hub_region(self) -> str:
@@ -425,16 +412,35 @@ class CrossAccountHook(AwsBaseHook):
             )
 
     @instance_cached_property
-    def _credentials(self) -> dict[str, str]:
-        """AssumeRole once for this account; the keys are masked before anything could log them."""
+    def credentials(self) -> Credentials:
+        """
+        The account's session: assumed once, now (a refusal raises :class:`RoleNotAssumableError` here),
+        then re-assumed by botocore before it expires (``RefreshableCredentials``, as the provider's
+        ``AwsBaseHook`` and botocore's own ``AssumeRoleProvider`` do), so a scan that outlives its session
+        goes on. Every client of the account signs with this one object.
+        """
+        guard_botocore_logs()
+        self.check_session_duration()
+        advisory, mandatory = refresh_windows(self.duration_seconds)
+        return RefreshableCredentials.create_from_metadata(
+            metadata=self._assume_role(),
+            refresh_using=self._assume_role,
+            method="sts-assume-role",
+            advisory_timeout=advisory,
+            mandatory_timeout=mandatory,
+        )
+
+    def _assume_role(self) -> dict[str, str]:
+        """One AssumeRole (botocore calls it again to refresh); the keys are masked before any use."""
         from airflow.sdk.log import mask_secret
         from botocore.exceptions import ClientError
 
         guard_botocore_logs()
         kwargs = self.assume_role_kwargs()
-        self.check_session_duration()
+        self.assume_role_count += 1
         self.log.info(
-            "Assuming %s as session %s through STS in %s",
+            "%s %s as session %s through STS in %s",
+            "Assuming" if self.assume_role_count == 1 else "Refreshing the session: assuming again",
             kwargs["RoleArn"],
             self.session_name,
             self.hub_region,
@@ -444,41 +450,57 @@ class CrossAccountHook(AwsBaseHook):
         except ClientError as err:
             error = err.response.get("Error", {})
             code = str(error.get("Code", "Unknown"))
-            if code in {"AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "NoSuchEntity"}:
-                raise RoleNotAssumableError(kwargs["RoleArn"], code, str(error.get("Message", ""))) from None
+            if code in PERMANENT_ASSUME_ROLE_CODES:
+                message = str(error.get("Message", ""))
+                raise RoleNotAssumableError(kwargs["RoleArn"], code, self._explain(code, message)) from None
             raise
         creds = response["Credentials"]
         for secret in (creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]):
             mask_secret(secret)
         return {
-            "aws_access_key_id": creds["AccessKeyId"],
-            "aws_secret_access_key": creds["SecretAccessKey"],
-            "aws_session_token": creds["SessionToken"],
+            "access_key": creds["AccessKeyId"],
+            "secret_key": creds["SecretAccessKey"],
+            "token": creds["SessionToken"],
+            "expiry_time": creds["Expiration"].isoformat(),
         }
+
+    def _explain(self, code: str, message: str) -> str:
+        """STS's message, and what to change when the session is longer than the role allows."""
+        if code == "ValidationError" and "DurationSeconds" in message:
+            return (
+                f"{message} (session_duration_seconds={self.duration_seconds}: lower it to at most the "
+                f"role's MaxSessionDuration, or raise the MaxSessionDuration of {self.role_name})"
+            )
+        return message
 
     def assume(self) -> str:
         """Assume the target role now (idempotent) and return its ARN."""
-        _ = self._credentials
+        _ = self.credentials
         return self.target_role_arn
 
     def client(self, service: str, region: str) -> BaseClient:
         """One client per (service, region), all from the one assumed session and one botocore session."""
         key = (service, region)
-        credentials = self._credentials
+        credentials = self.credentials
         if service == "ec2" and self.ec2_operations:
             session = cut_botocore_session(self.ec2_operations)
         else:
             session = shared_botocore_session()
         with _CLIENT_LOCK:
             if key not in self._clients:
-                self._clients[key] = session.create_client(
+                frozen = credentials.get_frozen_credentials()
+                client = session.create_client(
                     service,
                     region_name=region,
                     endpoint_url=self.conn_config.get_service_endpoint_url(service),
                     verify=self.verify,
                     config=self.client_config,
-                    **credentials,
+                    aws_access_key_id=frozen.access_key,
+                    aws_secret_access_key=frozen.secret_key,
+                    aws_session_token=frozen.token,
                 )
+                sign_with(client, credentials)
+                self._clients[key] = client
             return self._clients[key]
 
     def __repr__(self) -> str:

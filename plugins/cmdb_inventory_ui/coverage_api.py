@@ -123,8 +123,14 @@ def create_app(
         location = locate()
         ds = re.sub(r"[^\w.-]", "_", data["snapshot"]["ds"], flags=re.ASCII) or "latest"
         filename = f"{coverage_page.DOWNLOADS[name]}-{ds}.csv"
-        log.info("Presigning s3://%s/%s for a download", location.bucket, key)
-        return RedirectResponse(presign(location, key, filename), status_code=307, headers=_headers())
+        log.info("Presigning s3://%s/%s for a download", location.bucket, key)  # never the URL: it is a key
+        try:
+            url = presign(location, key, filename)
+        except SourceError as err:
+            return JSONResponse(
+                {"error": err.title, "detail": err.detail}, status_code=err.status, headers=_headers()
+            )
+        return RedirectResponse(url, status_code=307, headers=_headers())
 
     @app.get("/icon.svg")
     def icon() -> Response:

@@ -29,6 +29,7 @@ STATUS_INFO: dict[str, tuple[str, str]] = {
     coverage.THROTTLED: ("throttled", "throttling outlasted every retry"),
     coverage.ERROR: ("error", "other error"),
     coverage.TASK_FAILED: ("taskfailed", "the account's task ended without reporting"),
+    coverage.NOT_REQUESTED: ("disabled", "not named by a run over some accounts (a gap)"),
 }
 OTHER_INFO = ("other", "a status this page does not know")
 # How bad a status is, for an account's overall status (higher is worse).
@@ -38,6 +39,7 @@ _SEVERITY = {
     coverage.REGION_DENIED: 2,
     coverage.THROTTLED: 3,
     coverage.ERROR: 4,
+    coverage.NOT_REQUESTED: 2,
     coverage.TASK_FAILED: 5,
     coverage.ROLE_NOT_ASSUMABLE: 6,
 }

@@ -81,10 +81,34 @@ def location_from_variable() -> Location:
     )
 
 
-def _s3_client(location: Location) -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+def _hub_hook(location: Location) -> Any:
+    """
+    The provider's S3 hook machinery on the process's one hub session (``HubHook``: connection extras
+    apply, a connection's ``role_arn`` is assumed once per process, not per request). Puts the credential
+    filter on botocore's loggers first: the API server is a process that talks to AWS too.
+    """
+    from include.cmdb_inventory.redaction import guard_botocore_logs
 
-    return S3Hook(aws_conn_id=location.aws_conn_id, region_name=location.region_name).get_conn()
+    guard_botocore_logs()
+    from cmdb_inventory_aws.hooks import HubHook
+
+    return HubHook(aws_conn_id=location.aws_conn_id, region_name=location.region_name, client_type="s3")
+
+
+def _s3_client(location: Location) -> Any:
+    """The client of the server's own reads (every one names the expected bucket owner)."""
+    return _hub_hook(location).get_conn()
+
+
+def _presigning_client(location: Location) -> Any:
+    """
+    A client that presigns with SigV4 (connection extras kept): botocore's default for presigned S3 URLs
+    is SigV2 on some endpoints, which S3 refuses for SSE-KMS objects.
+    """
+    from botocore.config import Config
+
+    hook = _hub_hook(location)
+    return hook.get_client_type(config=hook.config.merge(Config(signature_version="s3v4")))
 
 
 def _owner_args(location: Location) -> dict[str, str]:
@@ -94,6 +118,8 @@ def _owner_args(location: Location) -> dict[str, str]:
 def fetch_manifest(location: Location, client: Any = None) -> dict[str, Any]:
     """GET the latest manifest; a missing one, an AWS error or a broken document is a ``SourceError``."""
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from include.cmdb_inventory.redaction import scrub
 
     key = location.manifest_key
     try:
@@ -111,7 +137,8 @@ def fetch_manifest(location: Location, client: Any = None) -> dict[str, Any]:
         raise SourceError(502, "Cannot read the manifest", f"{location.uri(key)}: {code}") from None
     except BotoCoreError as err:
         log.warning("Reading %s failed: %s", location.uri(key), type(err).__name__)
-        raise SourceError(502, "Cannot read the manifest", f"{location.uri(key)}: {err}") from None
+        detail = f"{location.uri(key)}: {scrub(str(err))}"
+        raise SourceError(502, "Cannot read the manifest", detail) from None
     if len(body) > MAX_MANIFEST_BYTES:
         raise SourceError(
             502, "Manifest too large", f"{location.uri(key)} is over {MAX_MANIFEST_BYTES} bytes"
@@ -126,15 +153,60 @@ def fetch_manifest(location: Location, client: Any = None) -> dict[str, Any]:
 
 
 def presigned_url(location: Location, key: str, filename: str, client: Any = None) -> str:
-    """A short-lived GET URL of one object, downloaded as ``filename`` (signed locally: no request)."""
-    params: dict[str, Any] = {
-        "Bucket": location.bucket,
-        "Key": key,
-        "ResponseContentDisposition": f'attachment; filename="{filename}"',
-        **_owner_args(location),
-    }
-    client = client or _s3_client(location)
-    return str(client.generate_presigned_url("get_object", Params=params, ExpiresIn=PRESIGN_SECONDS))
+    """
+    A short-lived SigV4 GET URL of one object, downloaded as ``filename``, that a browser can use as is: it
+    signs the host and the query only (a browser sends no ``x-amz-*`` header). The bucket owner is checked
+    by the server's own HEAD of the object first (``ExpectedBucketOwner``), so no URL is handed out for an
+    object of a bucket that another account owns. ``client`` replaces the server's reading client.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        reader = client or _s3_client(location)
+        reader.head_object(Bucket=location.bucket, Key=key, **_owner_args(location))
+        url = str(
+            _presigning_client(location).generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": location.bucket,
+                    "Key": key,
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                },
+                ExpiresIn=PRESIGN_SECONDS,
+            )
+        )
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", "Unknown"))
+        code = {"403": "AccessDenied", "404": "NoSuchKey"}.get(code, code)  # a HEAD's answer has no body
+        log.warning("Cannot offer %s for download: %s", location.uri(key), code)
+        detail = f"{location.uri(key)}: {code}"
+        if code == "AccessDenied" and location.expected_bucket_owner:
+            detail += f" (is the bucket owned by {location.expected_bucket_owner}, expected_bucket_owner?)"
+        status = 404 if code == "NoSuchKey" else 502
+        raise SourceError(status, "Cannot offer the download", detail) from None
+    except BotoCoreError as err:
+        log.warning("Cannot offer %s for download: %s", location.uri(key), type(err).__name__)
+        raise SourceError(
+            502, "Cannot offer the download", f"{location.uri(key)}: {type(err).__name__}"
+        ) from None
+    check_browser_safe(url)
+    return url
+
+
+def check_browser_safe(url: str) -> None:
+    """Refuse a presigned URL a browser could not use: not SigV4, or signing more than the host."""
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(url).query)
+    algorithm = query.get("X-Amz-Algorithm", [""])[0]
+    signed = query.get("X-Amz-SignedHeaders", [""])[0]
+    if algorithm != "AWS4-HMAC-SHA256" or signed != "host":
+        raise SourceError(
+            500,
+            "Cannot offer the download",
+            f"the presigned URL is signed with {algorithm or 'SigV2'} over headers {signed or '-'!r}; "
+            "a browser needs SigV4 over the host only",
+        )
 
 
 class SnapshotCache:

@@ -54,7 +54,12 @@ def test_hook_for_cuts_ec2_but_not_other_services() -> None:
     settings = parse_settings({"accounts": ["123456789012"], "bucket": "example-corp-cmdb"})
     hook = hook_for(settings, Account("123456789012"), RunInfo("d", "r", "2026-11-26", "2026-11-26"))
     assert hook.ec2_operations == frozenset(EC2_OPERATIONS) == {"DescribeInstances", "DescribeRegions"}
-    hook._credentials = {**CREDS, "aws_session_token": "t"}  # no AssumeRole for this check
+    import botocore.credentials
+
+    # No AssumeRole for this check: fixed credentials in place of the account's refreshing ones.
+    hook.credentials = botocore.credentials.Credentials(
+        CREDS["aws_access_key_id"], CREDS["aws_secret_access_key"], "t"
+    )
     assert not hasattr(hook.client("ec2", "eu-west-1"), "run_instances")
     assert hasattr(hook.client("sts", "eu-west-1"), "get_caller_identity")
 

@@ -9,8 +9,10 @@ World: three accounts (A payer, B, C) x two regions, seven listed instances.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,9 +107,15 @@ def org(world: Org, gateway: AwsGateway) -> Iterator[Org]:
     gateway.clear_rules()
 
 
-def run_dag(home: Path, org: Org, ds: str = DS, variable: Mapping[str, Any] | None = None) -> Run:
-    """One full DAG run for ``ds`` with the hub connection on the gateway."""
-    env = sandbox.airflow_env(home, org.connection, variable or org.variable)
+def run_dag(
+    home: Path,
+    org: Org,
+    ds: str = DS,
+    variable: Mapping[str, Any] | None = None,
+    knobs: Mapping[str, str] | None = None,
+) -> Run:
+    """One full DAG run for ``ds`` with the hub connection on the gateway (``knobs``: changed defaults)."""
+    env = sandbox.airflow_env(home, org.connection, variable or org.variable, knobs)
     result: subprocess.CompletedProcess[str] = sandbox.dags_test(env, ds)
     return Run(result.returncode, result.stdout + result.stderr, task_instances(home))
 
@@ -207,6 +215,162 @@ def test_throttling_is_retried_and_nothing_is_lost(airflow_home: Path, org: Org,
     assert "Complete: yes" in text
 
 
+# Credentials that expire in the middle of an account's scan. Today the region whose call got ExpiredToken is
+# an ERROR gap, the account's task fails after its retries and the run is red. Once the hook re-assumes its
+# role on ExpiredToken and finishes (issue 10 finding 7), set this to True: the one place to flip.
+HOOK_REASSUMES_ON_EXPIRED_TOKEN = False
+
+
+def assert_expired_token_outcome(run: Run, org: Org, gateway: AwsGateway) -> None:
+    """What a run does when B's credentials expire two EC2 calls after each time they are issued."""
+    manifest = org.json(org.key(DS, MANIFEST))
+    assert manifest is not None
+    entries = ledger(manifest)
+    assumed = gateway.count(action="AssumeRole", role_arn=discovery_role(ACCOUNT_B))
+    expired = gateway.count(service="ec2", account=ACCOUNT_B, fault="ExpiredToken", status=400)
+    assert expired >= 1
+    if HOOK_REASSUMES_ON_EXPIRED_TOKEN:
+        assert run.returncode == 0, run.output[-5000:]
+        assert state_of(run.ti("scan_account", ACCOUNT_B)) == ("success", 1)
+        assert assumed >= 2  # the role assumed again within the one try
+        assert csv_keys(org) == org.expected()
+        assert manifest["complete"] is True
+        assert {e["status"] for e in manifest["coverage"]} == {"OK"}
+        return
+
+    # Each try assumes the role again (fresh credentials), and each try's credentials expire the same way.
+    assert run.returncode != 0
+    assert state_of(run.ti("scan_account", ACCOUNT_B)) == ("failed", 3)
+    assert (assumed, expired) == (3, 3)
+    for account in (ACCOUNT_A, ACCOUNT_C):
+        assert state_of(run.ti("scan_account", account)) == ("success", 1)
+    assert run.ti("merge_inventory")["state"] == "success"
+    assert run.ti("notify_cmdb")["state"] == "success"
+    assert run.ti("check_coverage")["state"] == "failed"
+    # Never a silently short region: the region that got ExpiredToken is an ERROR gap naming the code, and
+    # B's rows in the CSV are exactly those of its region that was scanned OK.
+    failed = [r for r in REGIONS if entries[(ACCOUNT_B, r)]["status"] != "OK"]
+    assert len(failed) == 1, entries
+    (region,) = failed
+    entry = entries[(ACCOUNT_B, region)]
+    assert (entry["status"], entry["error"]["code"]) == ("ERROR", "ExpiredToken")
+    assert entry["instances"] == 0
+    assert csv_keys(org) == org.expected(without=frozenset({(ACCOUNT_B, region)}))
+    assert manifest["complete"] is False
+    assert manifest["accounts_covered"] == 2
+    (text,) = notifications(org)
+    assert f"{ACCOUNT_B} {region} (Development): ERROR - ExpiredToken" in text
+    assert "Complete: no" in text
+    scan_alerts = [a for a in alerts(org) if "scan_account" in a]
+    assert len(scan_alerts) == 1
+    assert "ExpiredToken" in scan_alerts[0]
+
+
+def test_credentials_expiring_in_the_middle_of_a_scan(
+    airflow_home: Path, org: Org, gateway: AwsGateway
+) -> None:
+    # B's assumed credentials expire two EC2 calls after they are issued: DescribeRegions and one region's
+    # DescribeInstances succeed, the other region's DescribeInstances answers ExpiredToken (HTTP 400).
+    gateway.expire_credentials(after=2, account=ACCOUNT_B, service="ec2")
+
+    # The subject includes the account's Airflow retries: the shipped 120 s delay would make this test
+    # wait minutes, so retries wait 1 s.
+    run = run_dag(airflow_home, org, knobs=sandbox.FAST_RETRIES)
+
+    assert_expired_token_outcome(run, org, gateway)
+
+
+def test_s3_slowdown_storms_are_retried_and_nothing_is_lost(
+    airflow_home: Path, org: Org, gateway: AwsGateway
+) -> None:
+    # S3 answers 503 SlowDown in storms that end (each rule a fixed number of answers, fewer in a row than
+    # botocore's default attempts): on the scans' part and status uploads, on merge's reads of the parts,
+    # on every write of the date's snapshot (CSV, changes.csv, manifest, copies) and of latest/.
+    staging = f"{PREFIX}/_staging/"
+    storms = {
+        "part and status uploads": gateway.throttle("s3", action="PutObject", key_prefix=staging, times=3),
+        "status and part downloads": gateway.throttle("s3", action="GetObject", key_prefix=staging, times=3),
+        "snapshot writes": gateway.throttle(
+            "s3", action=("PutObject", "CopyObject"), key_prefix=f"{PREFIX}/ds={DS}/", times=3
+        ),
+        "latest/ writes": gateway.throttle(
+            "s3", action=("PutObject", "CopyObject"), key_prefix=f"{PREFIX}/latest/", times=3
+        ),
+    }
+    started = time.monotonic()
+    run = run_dag(airflow_home, org)
+    elapsed = time.monotonic() - started
+
+    assert run.returncode == 0, run.output[-5000:]
+    # Every storm happened in full and botocore retried through it: no task needed an Airflow retry.
+    assert {name: rule.hits for name, rule in storms.items()} == dict.fromkeys(storms, 3)
+    assert gateway.count(service="s3", fault="SlowDown", status=503) == 12
+    for task_id in ("resolve_accounts", "merge_inventory", "notify_cmdb", "check_coverage"):
+        assert state_of(run.ti(task_id)) == ("success", 1), task_id
+    for account in (ACCOUNT_A, ACCOUNT_B, ACCOUNT_C):
+        assert state_of(run.ti("scan_account", account)) == ("success", 1), account
+    # Nothing lost: the CSV is exactly the world, whole, in ds= and latest/, matching its manifest.
+    assert csv_keys(org) == org.expected()
+    manifest = org.json(org.key(DS, MANIFEST))
+    assert manifest is not None
+    assert manifest["complete"] is True
+    assert manifest["row_count"] == 7
+    assert org.json(org.key("latest", MANIFEST)) == manifest
+    for where in (DS, "latest"):
+        body = org.get(org.key(where, CSV))
+        assert body is not None
+        assert hashlib.sha256(body).hexdigest() == manifest["csv_sha256"], where
+    (text,) = notifications(org)
+    assert "Complete: yes" in text
+    print(f"SlowDown storms: 12 answers of 503 retried by botocore; run took {elapsed:.1f} s")
+
+
+def test_unusable_previous_manifest_and_changes_input(airflow_home: Path, org: Org) -> None:
+    # The day before has a truncated manifest.json (not JSON); the day before that a complete manifest
+    # whose CSV (what change detection reads) was truncated after it was written.
+    before, earlier = "2026-11-19", "2026-11-18"
+    org.put(org.key(before, CSV), b"Account,Region,InstanceId\r\n", ContentType="text/csv")
+    truncated_manifest = b'{"dag_run_id": "scheduled__2026-11-19T02:00:00+00:00", "complete": tr'
+    org.put(org.key(before, MANIFEST), truncated_manifest, ContentType="application/json")
+    full = b"Account,Region,InstanceId,Name\r\n111111111111,us-east-1,i-0123456789abcdef0,billing\r\n"
+    manifest = {
+        "ds": earlier,
+        "dag_run_id": f"scheduled__{earlier}T02:00:00+00:00",
+        "complete": True,
+        "csv_key": org.key(earlier, CSV),
+        "csv_sha256": hashlib.sha256(full).hexdigest(),
+        "coverage": [],
+    }
+    org.put(org.key(earlier, CSV), full[:40], ContentType="text/csv")
+    org.put(org.key(earlier, MANIFEST), json.dumps(manifest).encode(), ContentType="application/json")
+
+    run = run_dag(airflow_home, org)
+
+    # The run writes its own snapshot, whole and exact, and is green.
+    assert run.returncode == 0, run.output[-5000:]
+    assert state_of(run.ti("merge_inventory")) == ("success", 1)
+    assert csv_keys(org) == org.expected()
+    written = org.json(org.key(DS, MANIFEST))
+    assert written is not None
+    assert written["complete"] is True
+    assert hashlib.sha256(org.get(org.key(DS, CSV)) or b"").hexdigest() == written["csv_sha256"]
+    # The change report says why it could not compare: the CSV it read, and the date it skipped.
+    changes = written["changes"]
+    assert changes["status"] == "ERROR"
+    assert changes["detail"].startswith(
+        f"not compared: the previous snapshot's CSV s3://{org.bucket}/{org.key(earlier, CSV)} does not match "
+        "its manifest's csv_sha256"
+    )
+    assert f"skipped {before}, whose manifest.json is unusable (not valid JSON" in changes["detail"]
+    assert org.rows(org.key(DS, "changes.csv")) == []
+    (text,) = notifications(org)
+    assert "Changes:  none listed: not compared: the previous snapshot's CSV" in text
+    assert f"skipped {before}, whose manifest.json is unusable" in text
+    # The earlier dates are left as they were.
+    assert org.get(org.key(before, MANIFEST)) == truncated_manifest
+    assert org.get(org.key(earlier, CSV)) == full[:40]
+
+
 @pytest.mark.parametrize("denied_fails_coverage", [None, False], ids=["default", "switch-false"])
 def test_disabled_and_denied_regions_are_recorded(
     airflow_home: Path, org: Org, gateway: AwsGateway, denied_fails_coverage: bool | None
@@ -274,7 +438,8 @@ def test_s3_upload_failure_during_merge(airflow_home: Path, org: Org, gateway: A
         return len(staging) < 2  # merge writes its staging manifest once per try
 
     gateway.fail_s3_writes(key_prefix=f"{PREFIX}/latest/{MANIFEST}", when=first_try)
-    retried = run_dag(airflow_home, org, ds=previous)
+    # The subject is merge's Airflow retries: the shipped 120 s delay would make this test wait minutes.
+    retried = run_dag(airflow_home, org, ds=previous, knobs=sandbox.FAST_RETRIES)
     assert retried.returncode == 0, retried.output[-5000:]
     assert state_of(retried.ti("merge_inventory")) == ("success", 2)
     assert gateway.count(key_prefix=f"{PREFIX}/latest/{MANIFEST}", status=500) >= 1
@@ -298,7 +463,7 @@ def test_s3_upload_failure_during_merge(airflow_home: Path, org: Org, gateway: A
     # 2. The next day, every write of the date's snapshot fails: merge fails, is retried twice, fails.
     gateway.fail_s3_writes(key_prefix=f"{PREFIX}/ds={DS}/")
     gateway.reset_calls()
-    failed = run_dag(airflow_home, org)
+    failed = run_dag(airflow_home, org, knobs=sandbox.FAST_RETRIES)  # retries again: 1 s, as above
     assert failed.returncode != 0
     assert state_of(failed.ti("merge_inventory")) == ("failed", 3)  # the first try and two retries
     assert failed.ti("notify_cmdb")["state"] == "upstream_failed"

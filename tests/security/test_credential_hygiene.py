@@ -16,7 +16,12 @@ those, are dropped before the search (and counted, so the exclusion is visible).
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import re
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -85,3 +90,85 @@ def test_a_failing_account_and_botocore_at_debug_leak_nothing(org: Org, denied_r
     # A task failed with an AWS error, and its message, the alert and the ledger name it without secrets.
     assert "cannot assume arn:aws:iam::666666666666:role/CMDBDiscovery: AccessDenied" in output
     assert any("666666666666" in m and "AccessDenied" in m for m in denied_run.messages)
+
+
+@pytest.fixture
+def fresh_api_server_logging() -> Iterator[io.StringIO]:
+    """
+    Logging as in a fresh API server process, at DEBUG: no credential filter on any logger (nothing but the
+    plugin may put one there: no task ran in that process), and every record of every logger captured.
+    """
+    from airflow.sdk import Variable
+
+    # An API server has configured Airflow's logging before any request; here the first Variable read does
+    # (it replaces the root logger's handlers), so one is read first.
+    Variable.get("cmdb_ec2_inventory_logging_warm_up", default=None)
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    removed = [(lg, f) for lg in loggers for f in lg.filters if "CredentialLogFilter" in type(f).__name__]
+    for logger, found in removed:
+        logger.removeFilter(found)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    levels = {
+        name: logging.getLogger(name).level
+        for name in ("", "botocore", "urllib3", "airflow", "cmdb_inventory_ui")
+    }
+    root.addHandler(handler)
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for logger, found in removed:
+            logger.addFilter(found)
+
+
+def test_the_coverage_page_at_debug_with_a_role_arn_connection_leaks_nothing(
+    org: Org, success_run: Run, fresh_api_server_logging: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The API server's side: the plugin's source reads the manifest, checks and presigns the CSV through the
+    hub connection (worker keys, then ``role_arn``: an AssumeRole in this process), everything at DEBUG.
+    """
+    from fastapi.testclient import TestClient
+
+    from cmdb_inventory_aws import hooks
+    from cmdb_inventory_ui.coverage_api import create_app
+    from cmdb_inventory_ui.coverage_source import SnapshotCache
+    from include.cmdb_inventory.config import VARIABLE_KEY
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(org.connection()))
+    monkeypatch.setenv(f"AIRFLOW_VAR_{VARIABLE_KEY.upper()}", json.dumps(org.variable(world.GOOD_ACCOUNTS)))
+    monkeypatch.setattr(hooks, "_HUB_SESSIONS", {})  # a fresh process: no hub session yet
+    minted_before = set(org.gateway.minted)
+    mark = org.gateway.mark()
+
+    client = TestClient(
+        create_app(authorise=lambda: None, cache=SnapshotCache()), base_url="http://127.0.0.1"
+    )
+    assert client.get("/").status_code == 200
+    assert client.get("/coverage.json").json()["snapshot"]["ds"]
+    download = client.get("/download/inventory", follow_redirects=False)
+    assert download.status_code == 307, download.text
+
+    log = fresh_api_server_logging.getvalue()
+    minted = org.gateway.minted - minted_before
+    assert len(minted) >= 3, "the page assumed the hub role in this process"
+    assert any(r.action == "AssumeRole" for r in org.gateway.since(mark))
+    # botocore really logged the AssumeRole answer and the signed requests...
+    assert "AssumeRoleResponse" in log
+    assert "Response body" in log
+    assert "<SecretAccessKey>[redacted]</SecretAccessKey>" in log
+    # ...and nothing secret of any identity reached the log, nor the presigned URL's own token and signature.
+    query = parse_qs(urlsplit(download.headers["location"]).query)
+    secrets = org.secrets() | {query["X-Amz-Security-Token"][0], query["X-Amz-Signature"][0]}
+    assert [s[:8] + "..." for s in secrets if s in log] == []
+    assert world.KEY_PATTERN.findall(log) == []

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,7 @@ from include.cmdb_inventory import inventory
 from include.cmdb_inventory.config import Account, parse_settings
 from include.cmdb_inventory.records import COLUMNS, FORMULA_TRIGGERS, instance_record
 from include.cmdb_inventory.storage import SnapshotStore, rows_to_csv, safe_segment, spool
+from include.cmdb_inventory.text import ELLIPSIS, MAX_VALUE_CHARS, clean
 from tests.security import world
 from tests.security.conftest import SUCCESS_DS
 from tests.security.world import PREFIX, Org, Run
@@ -329,3 +331,77 @@ def test_no_s3_key_of_the_seeded_run_carries_user_text(org: Org, success_run: Ru
         assert SAFE_KEY.match(key), key
         for name in world.GOOD_ACCOUNTS.values():
             assert name not in key
+
+
+# --------------------------------------------------------------------------- values shown in messages
+
+
+# What text.clean must remove, defined from Unicode's categories rather than text.py's own pattern:
+# controls (C0, DEL, C1), line and paragraph separators, lone surrogates, and the bidi embeddings,
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069).
+BIDI_CONTROLS = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def shown(value: str) -> str:
+    """The documented cleaning, written out independently: runs of removed characters become one space
+    when they hold a line break or tab (any whitespace), else nothing."""
+    out: list[str] = []
+    run: list[str] = []
+    for char in [*value, None]:
+        if char is not None and (
+            unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs") or char in BIDI_CONTROLS
+        ):
+            run.append(char)
+            continue
+        if run:
+            out.append(" " if any(c.isspace() for c in run) else "")
+            run = []
+        if char is not None:
+            out.append(char)
+    return "".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        hostile_text(600),
+        st.text(
+            alphabet=st.characters(codec=None, categories=("Cc", "Cf", "Zl", "Zp", "Cs", "Lo", "So")),
+            max_size=600,
+        ),
+        st.builds(lambda c, n: c * n, st.sampled_from(HOSTILE_CHARS), st.integers(0, 5000)),
+    ),
+    limit=st.integers(1, 400),
+)
+def test_clean_removes_controls_keeps_any_script_and_cuts_with_an_ellipsis(value: str, limit: int) -> None:
+    out = clean(value, limit)
+    expected = shown(value)
+    assert out == (expected if len(expected) <= limit else expected[: limit - 1] + ELLIPSIS)
+    assert len(out) <= limit
+    assert all(
+        unicodedata.category(c) not in ("Cc", "Zl", "Zp", "Cs") and c not in BIDI_CONTROLS for c in out
+    )
+    assert len(out.splitlines()) <= 1  # no line breaks of any kind
+    out.encode("utf-8")  # always encodable (no lone surrogates)
+    assert clean(out, limit) == out  # cleaning is idempotent
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("line one\r\nInjected: line two", "line one Injected: line two"),
+        ("\u202eexe.txt", "exe.txt"),
+        ("a\u2028b\u2029c\x85d", "a b c d"),
+        ("NUL\x00in\x1b[31mred", "NULin[31mred"),
+        ("中文 देवनागरी 🚀👩\u200d💻 é", "中文 देवनागरी 🚀👩\u200d💻 é"),  # printable text of any script kept
+    ],
+)
+def test_clean_examples(value: str, expected: str) -> None:
+    assert clean(value) == expected
+
+
+def test_clean_cuts_to_the_documented_length() -> None:
+    assert MAX_VALUE_CHARS == 200
+    assert clean("🚀" * 256) == "🚀" * 199 + ELLIPSIS
+    assert clean("x" * 200) == "x" * 200
+    assert clean(None) == ""

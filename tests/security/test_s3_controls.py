@@ -41,6 +41,8 @@ def test_every_s3_request_of_a_run_carries_owner_and_encryption_and_no_acl(
         assert request.bucket == BUCKET, where
         assert (request.key or request.params.get("prefix", "")).startswith(f"{PREFIX}/"), where
         assert request.headers.get("x-amz-expected-bucket-owner") == PAYER, where
+        if request.action in ("CopyObject", "UploadPartCopy"):  # latest/ from ds=: the source's owner too
+            assert request.headers.get("x-amz-source-expected-bucket-owner") == PAYER, where
         assert "x-amz-acl" not in request.headers, where
         assert not [h for h in request.headers if h.startswith("x-amz-grant-")], where
         assert "acl" not in request.params, where

@@ -169,3 +169,169 @@ def test_chained_hub_with_a_long_session_is_refused_before_any_assume_role(
     writes = [r for r in chained_run.requests if r.service == "s3" and r.method in ("PUT", "POST", "DELETE")]
     assert writes == []
     assert not [k for k in world.bucket_texts(org) if f"ds={CHAINED_DS}" in k and k.startswith(PREFIX)]
+
+
+# --------------------------------------------------------------------------- a scan longer than its session
+#
+# moto's STS hands out sessions of the requested DurationSeconds and accepts them forever; the gateway plays
+# AWS: once a session has expired, every call signed with it answers ExpiredToken. Time is not waited for: the
+# test shortens the first session's remaining life (what its expiry says) at a chosen call, as if the scan had
+# run for most of its session by then.
+
+LONG_SCAN_ACCOUNT = "530000000001"
+LONG_SCAN_REGIONS = ("ap-southeast-2", "eu-central-1", "eu-west-1", "us-east-1", "us-east-2", "us-west-2")
+EXPIRED_AFTER = 3  # the first session's last accepted DescribeInstances: the others of the scan come later
+SHORT_SESSION = 900  # the shortest session AWS allows (and the configuration accepts)
+DURATION_REFUSED = "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
+
+
+@pytest.fixture(scope="module")
+def sts_gateway(moto_url: str) -> Any:
+    """The gateway in front of the session's moto, with one account's instances in every scanned region."""
+    from include.cmdb_inventory.emulator import session_in
+    from tests.aws_gateway import AwsGateway
+
+    seeder = session_in(moto_url, LONG_SCAN_ACCOUNT)
+    for region in LONG_SCAN_REGIONS:
+        ec2 = seeder.client("ec2", region_name=region, endpoint_url=moto_url)
+        if not ec2.describe_instances()["Reservations"]:
+            ec2.run_instances(ImageId="ami-12c6146b", MinCount=2, MaxCount=2, InstanceType="t3.micro")
+    with AwsGateway(upstream=moto_url) as gw:
+        yield gw
+
+
+@pytest.fixture
+def via_gateway(sts_gateway: Any, monkeypatch: pytest.MonkeyPatch, hub_env_factory: Any) -> Any:
+    """The hub connection (static keys) through the gateway; a clean rule set and call log."""
+    for name, value in hub_env_factory(sts_gateway.url).items():
+        monkeypatch.setenv(name, value)
+    sts_gateway.clear_rules()
+    sts_gateway.reset_calls()
+    yield sts_gateway
+    sts_gateway.clear_rules()
+
+
+def test_an_account_whose_scan_outlives_its_session_still_finishes(via_gateway: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cmdb_inventory_aws.hooks import CrossAccountHook, refresh_windows
+    from include.cmdb_inventory.config import DEFAULT_INSTANCE_STATES
+    from include.cmdb_inventory.scan import scan_account
+
+    gw = via_gateway
+    hook = CrossAccountHook(
+        account_id=LONG_SCAN_ACCOUNT, duration_seconds=SHORT_SESSION, region_name=world.HOME_REGION
+    )
+    role_arn = hook.assume()
+    first_key = hook.credentials.get_frozen_credentials().access_key
+    calls = {"first": 0}
+
+    def first_session_expired(req: Any) -> bool:
+        """ExpiredToken for the first session after its EXPIRED_AFTER-th DescribeInstances."""
+        if req.access_key != first_key or req.action != "DescribeInstances":
+            return False
+        calls["first"] += 1
+        if calls["first"] == EXPIRED_AFTER:
+            # The scan has run for most of the session: a minute is left, inside botocore's refresh window.
+            hook.credentials._expiry_time = datetime.now(tz=UTC) + timedelta(seconds=60)
+        return calls["first"] > EXPIRED_AFTER
+
+    gw.fail(
+        400,
+        "ExpiredToken",
+        "The security token included in the request is expired",
+        when=first_session_expired,
+    )
+    result = scan_account(
+        hook,
+        Account(LONG_SCAN_ACCOUNT, "Long scan"),
+        regions=LONG_SCAN_REGIONS,
+        states=DEFAULT_INSTANCE_STATES,
+        collected_at="2026-11-23T02:00:00Z",
+        threads=1,  # one call at a time: the test decides exactly which call the first session ends after
+    )
+
+    assert [(r["region"], r["status"]) for r in result.regions] == [(r, "OK") for r in LONG_SCAN_REGIONS]
+    assert len(result.records) == 2 * len(LONG_SCAN_REGIONS)
+    assume_roles = gw.calls(action="AssumeRole", role_arn=role_arn)
+    assert [c.status for c in assume_roles] == [200, 200]  # the first, then exactly one re-assume
+    assert hook.assume_role_count == 2
+    assert gw.count(fault="ExpiredToken") == 0  # nothing was sent with the expired session
+    described = gw.calls(action="DescribeInstances")
+    second_key = hook.credentials.get_frozen_credentials().access_key
+    assert second_key != first_key
+    assert [c.access_key for c in described] == [first_key] * EXPIRED_AFTER + [second_key] * (
+        len(LONG_SCAN_REGIONS) - EXPIRED_AFTER
+    )
+    # A 15-minute session is re-assumed a few minutes before it ends, not on every call (botocore's fixed
+    # 15-minute window would do that); a long one keeps botocore's windows.
+    assert refresh_windows(SHORT_SESSION) == (300, 150)
+    assert refresh_windows(3600) == (900, 600)
+
+
+def test_a_session_longer_than_the_role_allows_fails_the_account_for_good(
+    via_gateway: Any, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STS's ValidationError for DurationSeconds is permanent: no retry, the account named in the ledger."""
+    import json
+    from datetime import UTC, datetime
+
+    import boto3
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.cmdb_inventory import coverage, runtime
+    from include.cmdb_inventory.config import VARIABLE_KEY
+
+    gw = via_gateway
+    bucket = "cmdb-sessions-test"
+    raw = boto3.client(
+        "s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    raw.create_bucket(Bucket=bucket)
+    variable = {
+        "accounts": [LONG_SCAN_ACCOUNT],
+        "bucket": bucket,
+        "session_duration_seconds": 7200,
+        "regions": ["eu-west-1"],
+    }
+    monkeypatch.setenv(f"AIRFLOW_VAR_{VARIABLE_KEY.upper()}", json.dumps(variable))
+    # The role's MaxSessionDuration is one hour (the default): STS refuses anything longer.
+    gw.fail(
+        400,
+        "ValidationError",
+        DURATION_REFUSED,
+        action="AssumeRole",
+        when=lambda req: int(req.param("DurationSeconds") or 0) > 3600,
+    )
+
+    class DagRun:
+        dag_id, run_id = "cmdb_ec2_inventory", "manual__2026-11-23T02:00:00+00:00"
+        logical_date = run_after = datetime(2026, 11, 23, 2, tzinfo=UTC)
+
+    class TaskInstance:
+        try_number = 1
+
+    context: dict[str, Any] = {"params": {}, "dag_run": DagRun(), "ti": TaskInstance()}
+    account = Account(LONG_SCAN_ACCOUNT, "Long session")
+    with pytest.raises(AirflowFailException) as failed:  # failed for good: Airflow does not retry it
+        runtime.scan(context, account.to_dict())
+    assert "ValidationError" in str(failed.value)
+    assert "session_duration_seconds=7200" in str(failed.value)
+    assert gw.count(action="AssumeRole") == 1  # botocore did not retry it either
+    assert gw.count(action="DescribeInstances") == 0
+
+    settings = runtime.settings_from(context)
+    run = runtime.run_info(context)
+    summary = inventory.merge_inventory(settings, run, inventory.store_for(settings), [account.to_dict()])
+    manifest_key = summary["manifest_uri"].removeprefix(f"s3://{bucket}/")
+    manifest = json.loads(raw.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    [entry] = manifest["coverage"]
+    assert (entry["account"], entry["region"], entry["status"]) == (
+        LONG_SCAN_ACCOUNT,
+        None,
+        coverage.ROLE_NOT_ASSUMABLE,
+    )
+    assert entry["error"]["code"] == "ValidationError"
+    assert DURATION_REFUSED in entry["error"]["message"]
+    assert "session_duration_seconds=7200" in entry["error"]["message"]
+    assert manifest["complete"] is False

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -182,6 +183,8 @@ def test_the_page_sits_behind_airflow_login(served: Served) -> None:
 def test_csv_download_is_a_presigned_redirect(served: Served) -> None:
     status, headers, _ = _request(f"{served.url}/cmdb-coverage/download/inventory", served.token)
     assert status == 307
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(headers["location"]).query)
+    assert (query["X-Amz-Algorithm"], query["X-Amz-SignedHeaders"]) == (["AWS4-HMAC-SHA256"], ["host"])
     with urllib.request.urlopen(headers["location"], timeout=30) as answer:  # noqa: S310 - the emulator
         assert answer.headers["Content-Disposition"] == f'attachment; filename="ec2_inventory-{DS}.csv"'
         assert answer.read().startswith(b"Account,Region,InstanceId,Name,")

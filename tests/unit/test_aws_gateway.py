@@ -227,6 +227,48 @@ def test_rules_match_on_account(gw: AwsGateway) -> None:
     client(gw, "ec2", "eu-west-1").describe_instances()  # default account unaffected
 
 
+def test_credentials_expire_after_n_calls_per_access_key(gw: AwsGateway) -> None:
+    first = assumed_creds(gw)
+    expiry = gw.expire_credentials(after=2, account=OTHER_ACCOUNT)
+    ec2 = client(gw, "ec2", "eu-west-1", STANDARD, **first)
+    ec2.describe_regions()
+    ec2.describe_instances()
+    with pytest.raises(ClientError) as exc:
+        ec2.describe_instances()
+    # EC2's error shape, parsed by botocore; not retried (standard mode treats it as permanent).
+    assert error_of(exc) == ("ExpiredToken", 400)
+    assert "security token included in the request is expired" in exc.value.response["Error"]["Message"]
+    assert gw.count(fault="ExpiredToken") == 1
+    # STS (query protocol) answers the same code for the same keys.
+    with pytest.raises(ClientError) as exc:
+        client(gw, "sts", **first).get_caller_identity()
+    assert error_of(exc) == ("ExpiredToken", 400)
+
+    # New credentials for the same account (a new AssumeRole) get their own two calls.
+    second = assumed_creds(gw)
+    fresh = client(gw, "ec2", "eu-west-1", **second)
+    fresh.describe_instances()
+    fresh.describe_instances()
+    with pytest.raises(ClientError):
+        fresh.describe_instances()
+    client(gw, "ec2", "eu-west-1").describe_instances()  # other accounts are not affected
+    assert expiry.matched_by_key == {first["aws_access_key_id"]: 4, second["aws_access_key_id"]: 3}
+    assert expiry.hits == 3
+
+
+def test_after_counts_matching_calls_before_firing(gw: AwsGateway) -> None:
+    sts = client(gw, "sts")
+    rule = gw.fail(500, "InternalError", service="sts", after=2, times=1)
+    sts.get_caller_identity()
+    sts.get_caller_identity()
+    with pytest.raises(ClientError):
+        sts.get_caller_identity()
+    sts.get_caller_identity()  # times=1: fired once, then exhausted
+    assert (rule.matched, rule.hits, rule.exhausted) == (4, 1, True)
+    with pytest.raises(ValueError, match="after"):
+        gw.fail(500, "InternalError", after=-1)
+
+
 def test_map_key_declares_an_account(gw: AwsGateway) -> None:
     gw.map_key("AKIAEXAMPLEMAPPED", "444444444444")
     client(gw, "ec2", aws_access_key_id="AKIAEXAMPLEMAPPED").describe_regions()

@@ -275,9 +275,17 @@ def test_empty_params_keep_the_variables_accounts(params: dict[str, Any] | None)
     assert [a.id for a in settings.accounts] == [ACCOUNT_A, ACCOUNT_B]
 
 
-def test_params_accounts_suffice_without_the_variables() -> None:
-    settings = parse_settings({"bucket": BUCKET}, {"accounts": [ACCOUNT_B]})
+def test_params_accounts_do_not_replace_the_variables_accounts() -> None:
+    """The Params pick a subset of the expected accounts: without the Variable's there is nothing to pick."""
+    err = config_error({"bucket": BUCKET}, {"accounts": [ACCOUNT_B]})
+    assert_names(err, "accounts", "required", "Param")
+
+
+def test_params_accounts_keep_the_configured_set() -> None:
+    settings = parse_settings(minimal(accounts=[ACCOUNT_A, ACCOUNT_B]), {"accounts": [ACCOUNT_B]})
     assert settings.accounts == (Account(ACCOUNT_B),)
+    assert settings.accounts_from_params is True
+    assert settings.configured_accounts == (Account(ACCOUNT_A), Account(ACCOUNT_B))
 
 
 @pytest.mark.parametrize(
@@ -434,7 +442,6 @@ def test_invalid_json_string(raw: str) -> None:
         pytest.param("denied_regions_fail_coverage", "false", "true or false", id="denied-string"),
         pytest.param("denied_regions_fail_coverage", 0, "true or false", id="denied-int"),
         pytest.param("role_name", 5, "must be a string", id="role-int"),
-        pytest.param("external_id", 12345, "must be a string", id="external-id-int"),
         pytest.param("prefix", ["cmdb"], "must be a string", id="prefix-list"),
         pytest.param("sns_topic_arn", True, "must be a string", id="sns-bool"),
         pytest.param("aws_conn_id", 1, "must be a string", id="conn-int"),
@@ -456,8 +463,6 @@ def test_wrong_types(key: str, value: Any, fragment: str) -> None:
         pytest.param("role_name", "r" * 65, id="role-too-long"),
         pytest.param("role_name", "Rôle", id="role-non-ascii"),
         pytest.param("role_name", "CMDBDiscovery\n", id="role-newline"),
-        pytest.param("external_id", "x", id="external-id-too-short"),
-        pytest.param("external_id", "has space", id="external-id-space"),
         pytest.param("sns_topic_arn", "cmdb-inventory", id="sns-not-arn"),
         pytest.param("sns_topic_arn", "arn:aws:sqs:us-east-1:999999999999:q", id="sns-sqs-arn"),
         pytest.param("sns_topic_arn", "arn:aws:sns:us-east-1:9999:cmdb", id="sns-short-account"),
@@ -472,6 +477,16 @@ def test_wrong_types(key: str, value: Any, fragment: str) -> None:
 def test_invalid_string_values(key: str, value: str) -> None:
     err = config_error(minimal(**{key: value}))
     assert_names(err, key, "not valid", shown(value)[:60])
+
+
+@pytest.mark.parametrize("value", [12345, "x", "has space"], ids=["int", "too-short", "space"])
+def test_an_invalid_external_id_is_named_but_never_shown(value: Any) -> None:
+    """The ExternalId is the secret half of the member roles' trust: its errors never echo it."""
+    err = config_error(minimal(external_id=value))
+    assert_names(err, "external_id")
+    assert shown(value) not in str(err)
+    if len(str(value)) > 2:
+        assert str(value) not in str(err)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -494,3 +495,207 @@ def sandbox_root() -> Any:
     from include.cmdb_inventory.sandbox import ROOT
 
     return ROOT
+
+
+# ------------------------------------------------------------- the download, in the hardened setup
+#
+# The hardened setup: ``expected_bucket_owner`` and ``kms_key_id`` set, the snapshot SSE-KMS encrypted. moto
+# checks no signature of a presigned URL, no ExpectedBucketOwner and no signature version, so the gateway in
+# front of it does what S3 does: it verifies a SigV4 query signature over what the request carries
+# (a header named in X-Amz-SignedHeaders that the browser did not send fails it), refuses SigV2 for an
+# SSE-KMS object, and answers 403 when x-amz-expected-bucket-owner names another account.
+
+HARDENED_BUCKET = "cmdb-ui-hardened"
+HARDENED_CSV = b"Account,Region,InstanceId,Name\r\n111111111111,eu-west-1,i-0abc,web\r\n"
+KMS_REQUIRES_SIGV4 = (
+    "Requests specifying Server Side Encryption with AWS KMS managed keys require AWS Signature Version 4."
+)
+
+
+def _sigv4_query_verdict(req: Any, secrets: dict[str, str], now: float) -> str | None:
+    """S3's check of a SigV4 presigned request as it arrived: None if S3 accepts it, else the error code."""
+    import calendar
+    import hmac
+    import time as _time
+    from urllib.parse import quote, unquote
+
+    query = {k: v[0] for k, v in req.query.items()}
+    path, _, raw_query = req.path.partition("?")
+    credential = query.get("X-Amz-Credential", "")
+    access_key, _, scope = credential.partition("/")
+    if access_key not in secrets:
+        return "InvalidAccessKeyId"
+    signed = query.get("X-Amz-SignedHeaders", "").split(";")
+    if any(req.headers.get(name) is None for name in signed):
+        return "SignatureDoesNotMatch"  # a signed header the request does not carry
+    pairs = []
+    for item in raw_query.split("&"):
+        name, _, value = item.partition("=")
+        if unquote(name) != "X-Amz-Signature":
+            pairs.append((quote(unquote(name), safe="-_.~"), quote(unquote(value), safe="-_.~")))
+    canonical = "\n".join(
+        [
+            req.method,
+            path,
+            "&".join(f"{n}={v}" for n, v in sorted(pairs)),
+            "".join(f"{name}:{' '.join(str(req.headers.get(name)).split())}\n" for name in signed),
+            ";".join(signed),
+            "UNSIGNED-PAYLOAD",
+        ]
+    )
+    string_to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", query["X-Amz-Date"], scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = ("AWS4" + secrets[access_key]).encode()
+    for part in scope.split("/"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, query.get("X-Amz-Signature", "")):
+        return "SignatureDoesNotMatch"
+    signed_at = calendar.timegm(_time.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+    if signed_at + int(query.get("X-Amz-Expires", "0")) < now:
+        return "AccessDenied"  # "Request has expired"
+    return None
+
+
+class S3Fidelity:
+    """The gateway's S3 rules of this section, and what they saw (every S3 request's headers and query)."""
+
+    def __init__(self, gw: Any, owner: str, kms_objects: set[str], secrets: dict[str, str]) -> None:
+        import time as _time
+
+        self.seen: list[dict[str, Any]] = []
+        self.verdicts: list[str | None] = []
+        self.owner, self.kms_objects, self.secrets = owner, kms_objects, secrets
+        gw.add_rule(None, when=self._see)
+        gw.fail(403, "AccessDenied", "Access Denied", when=self._foreign_owner)
+        gw.fail(400, "InvalidArgument", KMS_REQUIRES_SIGV4, when=self._sigv2_on_kms)
+        gw.fail(
+            403,
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match",
+            when=self._bad_sigv4,
+        )
+        self._now = _time.time
+
+    def _see(self, req: Any) -> bool:
+        self.seen.append(
+            {
+                "action": req.action,
+                "method": req.method,
+                "path": req.path,
+                "headers": {k.lower(): v for k, v in req.headers.items()},
+                "query": {k: v[0] for k, v in req.query.items()},
+            }
+        )
+        return False
+
+    def _foreign_owner(self, req: Any) -> bool:
+        expected = req.headers.get("x-amz-expected-bucket-owner")
+        return expected is not None and expected != self.owner
+
+    def _sigv2_on_kms(self, req: Any) -> bool:
+        key = req.path.partition("?")[0].split("/", 2)[-1]
+        from urllib.parse import unquote
+
+        return "AWSAccessKeyId" in req.query and unquote(key) in self.kms_objects
+
+    def _bad_sigv4(self, req: Any) -> bool:
+        if "X-Amz-Signature" not in req.query:
+            return False
+        verdict = _sigv4_query_verdict(req, self.secrets, self._now())
+        self.verdicts.append(verdict)
+        return verdict is not None
+
+
+@pytest.fixture
+def hardened(
+    moto_url: str, monkeypatch: pytest.MonkeyPatch, hub_env_factory: Callable[..., dict[str, str]]
+) -> Any:
+    """An SSE-KMS snapshot, the Variable with owner and KMS key, the hub connection through the gateway."""
+    import boto3
+
+    from include.cmdb_inventory.config import VARIABLE_KEY
+    from tests.aws_gateway import AwsGateway
+    from tests.conftest import HUB_LOGIN, HUB_PASSWORD
+
+    raw = {"endpoint_url": moto_url, "region_name": "us-east-1", "aws_access_key_id": "a"}
+    s3 = boto3.client("s3", aws_secret_access_key="b", **raw)
+    kms_key = boto3.client("kms", aws_secret_access_key="b", **raw).create_key()["KeyMetadata"]["Arn"]
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        s3.create_bucket(Bucket=HARDENED_BUCKET)
+    encryption = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key}
+    s3.put_object(Bucket=HARDENED_BUCKET, Key=CSV_KEY, Body=HARDENED_CSV, **encryption)
+    doc = json.dumps(manifest(csv_uri=f"s3://{HARDENED_BUCKET}/{CSV_KEY}")).encode()
+    s3.put_object(Bucket=HARDENED_BUCKET, Key=f"{PREFIX}/latest/manifest.json", Body=doc, **encryption)
+    with AwsGateway(upstream=moto_url) as gw:
+        owner = gw.default_account  # moto's account of the hub's static key: the bucket's owner
+        for name, value in hub_env_factory(gw.url).items():
+            monkeypatch.setenv(name, value)
+        variable = {
+            "accounts": ["111111111111"],
+            "bucket": HARDENED_BUCKET,
+            "prefix": PREFIX,
+            "hub_region": "us-east-1",
+            "expected_bucket_owner": owner,
+            "kms_key_id": kms_key,
+        }
+        monkeypatch.setenv(f"AIRFLOW_VAR_{VARIABLE_KEY.upper()}", json.dumps(variable))
+        fidelity = S3Fidelity(
+            gw, owner, {CSV_KEY, f"{PREFIX}/latest/manifest.json"}, {HUB_LOGIN: HUB_PASSWORD}
+        )
+        yield gw, fidelity, owner
+
+
+def test_download_in_the_hardened_setup_is_a_sigv4_url_a_browser_can_use(hardened: Any) -> None:
+    import urllib.request
+    from urllib.parse import parse_qs, urlsplit
+
+    from fastapi.testclient import TestClient
+
+    from cmdb_inventory_ui.coverage_api import create_app
+
+    gw, fidelity, owner = hardened
+    app = create_app(authorise=lambda: None, cache=SnapshotCache())  # the real Variable, S3 and presigner
+    answer = TestClient(app, base_url="http://127.0.0.1", follow_redirects=False).get("/download/inventory")
+    assert answer.status_code == 307, answer.text
+    url = answer.headers["location"]
+    server_reads = len(fidelity.seen)
+
+    # What a browser does with it: a plain GET, no extra header.
+    with urllib.request.urlopen(url, timeout=30) as got:  # noqa: S310 - the loopback gateway
+        assert got.read() == HARDENED_CSV
+        assert got.headers["Content-Disposition"] == 'attachment; filename="ec2_inventory-2026-11-20.csv"'
+    assert fidelity.verdicts == [None]  # S3's signature check passed over what the browser sent
+
+    query = parse_qs(urlsplit(url).query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert query["X-Amz-SignedHeaders"] == ["host"]
+    assert int(query["X-Amz-Expires"][0]) <= 300
+    assert not [name for name in query if "owner" in name.lower()]
+
+    # The owner check stays on the server's own reads: the manifest's GET and the object's HEAD name it.
+    reads = fidelity.seen[:server_reads]
+    assert [r["action"] for r in reads] == ["GetObject", "HeadObject"]
+    assert all(r["headers"]["x-amz-expected-bucket-owner"] == owner for r in reads)
+    assert all(r["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ") for r in reads)
+    [browser] = fidelity.seen[server_reads:]
+    assert "x-amz-expected-bucket-owner" not in browser["headers"]
+    assert gw.count(faulted=True) == 0
+
+
+def test_no_download_url_for_an_object_of_a_bucket_another_account_owns(hardened: Any) -> None:
+    from cmdb_inventory_ui.coverage_source import presigned_url
+
+    gw, fidelity, _ = hardened
+    squatted = Location(
+        bucket=HARDENED_BUCKET, prefix=PREFIX, region_name="us-east-1", expected_bucket_owner="999999999999"
+    )
+    with pytest.raises(SourceError) as refused:
+        presigned_url(squatted, CSV_KEY, "x.csv")
+    assert refused.value.status == 502
+    assert "AccessDenied" in refused.value.detail
+    assert "owned by 999999999999" in refused.value.detail
+    [head] = gw.calls(action="HeadObject")
+    assert (head.status, head.fault) == (403, "AccessDenied")
+    assert fidelity.seen[-1]["headers"]["x-amz-expected-bucket-owner"] == "999999999999"

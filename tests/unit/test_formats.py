@@ -198,7 +198,7 @@ def test_merge_writes_parquet_symlinks_and_latest_and_removes_them_when_turned_o
     assert manifest is not None
     entry = manifest["parquet"]
     assert (entry["key"], entry["schema_version"], entry["row_count"], entry["row_groups"]) == (
-        parquet_key,
+        f"{manifest['commit_prefix']}/{PARQUET_NAME}",
         1,
         40,
         1,
@@ -218,7 +218,8 @@ def test_merge_writes_parquet_symlinks_and_latest_and_removes_them_when_turned_o
     parquet_link = f"{PREFIX}/athena/ec2_inventory_parquet/ds={DS}/symlink.txt"
     assert manifest["athena"] == {"csv_symlink_key": csv_link, "parquet_symlink_key": parquet_link}
     assert get(store, csv_link) == f"s3://{BUCKET}/{csv_key}\n".encode()
-    assert get(store, parquet_link) == f"s3://{BUCKET}/{parquet_key}\n".encode()
+    assert get(store, parquet_link) == f"s3://{BUCKET}/{entry['key']}\n".encode()
+    assert get(store, entry["key"]) == body
     assert get(store, layout.latest(PARQUET_NAME)) == body
 
     # Turned off, a rerun of the date leaves no Parquet of the earlier run behind.

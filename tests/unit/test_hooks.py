@@ -342,7 +342,8 @@ def test_assumed_credentials_are_masked_and_never_shown() -> None:
 
     hook = CrossAccountHook(account_id=TARGET)
     hook.assume()
-    secrets = list(hook._credentials.values())
+    frozen = hook.credentials.get_frozen_credentials()
+    secrets = [frozen.access_key, frozen.secret_key, frozen.token]
     assert len(secrets) == 3
     patterns = _secrets_masker().patterns
     for secret in secrets:
@@ -362,7 +363,8 @@ def test_assumed_credentials_never_reach_a_log_record(caplog: pytest.LogCaptureF
     hook.client("ec2", "eu-west-1").describe_instances()
     hook.client("ec2", "us-west-2").describe_availability_zones()
     hook.client("sts", "us-east-1").get_caller_identity()
-    secrets = list(hook._credentials.values())
+    frozen = hook.credentials.get_frozen_credentials()
+    secrets = [frozen.access_key, frozen.secret_key, frozen.token]
 
     loggers = {record.name for record in caplog.records}
     assert {"botocore.endpoint", "botocore.parsers", "botocore.auth"} <= loggers, "botocore logged at DEBUG"
@@ -403,3 +405,58 @@ def test_clients_in_different_regions_sign_with_their_own_region() -> None:
     for region, headers in scopes.items():
         assert headers
         assert all(f"/{region}/ec2/aws4_request" in h for h in headers)
+
+
+# --------------------------------------------------------------------- refreshable sessions
+
+
+def test_every_client_of_an_account_signs_with_its_one_refreshable_session() -> None:
+    from botocore.credentials import RefreshableCredentials
+
+    hook = CrossAccountHook(account_id=TARGET, ec2_operations=("DescribeInstances", "DescribeRegions"))
+    calls = assume_role_calls(hook)
+    clients = [hook.client("ec2", region) for region in REGIONS[:3]] + [hook.client("sts", "eu-west-1")]
+    assert isinstance(hook.credentials, RefreshableCredentials)
+    assert all(client._get_credentials() is hook.credentials for client in clients)
+    for client in clients[:3]:
+        client.describe_instances()
+    assert clients[3].get_caller_identity()["Account"] == TARGET
+    assert len(calls) == 1  # one AssumeRole per account, whatever the number of regions and calls
+
+
+def test_a_refreshed_session_is_masked_and_used_by_every_client() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.sdk._shared.secrets_masker import _secrets_masker
+
+    hook = CrossAccountHook(account_id=TARGET, duration_seconds=900)
+    calls = assume_role_calls(hook)
+    ec2 = hook.client("ec2", "eu-west-1")
+    first = hook.credentials.get_frozen_credentials()
+    # Botocore re-assumes inside the mandatory window (forced here by shortening the session).
+    hook.credentials._expiry_time = datetime.now(tz=UTC) + timedelta(seconds=30)
+    ec2.describe_instances()
+    second = hook.credentials.get_frozen_credentials()
+    assert len(calls) == 2
+    assert second.access_key != first.access_key
+    assert hook.client("ec2", "eu-west-1") is ec2  # the same client, signing with the new session
+    patterns = _secrets_masker().patterns
+    for secret in (second.access_key, second.secret_key, second.token):
+        assert re.escape(secret) in patterns
+
+
+def test_a_session_longer_than_the_role_allows_is_refused_for_good_without_retries(
+    aws_error: Callable[..., Any], no_retry_delay: list[float]
+) -> None:
+    hook = CrossAccountHook(account_id=TARGET, duration_seconds=7200, max_attempts=5)
+    message = "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
+    attempts = assume_role_attempts(
+        hook, lambda _: aws_error("ValidationError", message, 400, protocol="query")
+    )
+    with pytest.raises(RoleNotAssumableError) as excinfo:
+        hook.assume()
+    assert excinfo.value.code == "ValidationError"
+    assert message in str(excinfo.value)
+    assert "session_duration_seconds=7200" in str(excinfo.value)
+    assert len(attempts) == 1
+    assert no_retry_delay == []

@@ -36,6 +36,7 @@ HUB_ROLE_ARN = "arn:aws:iam::999999999999:role/CMDBApplication"
 BUCKET = "cmdb-inventory-bucket"
 TOPIC_ARN = "arn:aws:sns:us-east-1:999999999999:cmdb-inventory"
 KMS_KEY_ARN = "arn:aws:kms:us-east-1:999999999999:key/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+ORG_ID = "o-abcdefghij"
 TRUST_ACTIONS = {"sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"}
 S3_OBJECT_ACTIONS = {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
 
@@ -95,12 +96,19 @@ def _every_rendering() -> list[RenderedRole]:
     roles = [
         _discovery(ext, org) for ext, org in itertools.product(["", "cmdb-external-id"], ["", "o-abcdefghij"])
     ]
-    for topic, key, trust in itertools.product(
-        ["", TOPIC_ARN], ["", KMS_KEY_ARN], [("Service", "ec2.amazonaws.com"), ("Role", HUB_ROLE_ARN)]
+    for topic, key, trust, org in itertools.product(
+        ["", TOPIC_ARN],
+        ["", KMS_KEY_ARN],
+        [("Service", "ec2.amazonaws.com"), ("Role", HUB_ROLE_ARN)],
+        ["", ORG_ID],
     ):
         roles.append(
             _application(
-                TopicArn=topic, KmsKeyArn=key, TrustedPrincipalType=trust[0], TrustedPrincipal=trust[1]
+                TopicArn=topic,
+                KmsKeyArn=key,
+                TrustedPrincipalType=trust[0],
+                TrustedPrincipal=trust[1],
+                OrganizationId=org,
             )
         )
     return roles
@@ -116,9 +124,11 @@ def _cfn_lint() -> list[str]:
     return [sys.executable, "-c", "from cfnlint.runner import main; main()"]
 
 
-def test_cfn_lint_passes_on_both_templates() -> None:
+def test_cfn_lint_passes_on_every_shipped_template() -> None:
+    shipped = sorted(TEMPLATE_DIR.glob("*.yaml"))  # what `make lint` lints
+    assert {p.name for p in shipped} >= {f"{DISCOVERY}.yaml", f"{APPLICATION}.yaml", "cmdb-bucket.yaml"}
     result = subprocess.run(
-        [*_cfn_lint(), "--", *map(str, TEMPLATE_FILES)],
+        [*_cfn_lint(), "--", *map(str, shipped)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -265,6 +275,46 @@ def test_application_may_assume_only_discovery_roles(discovery_role_name: str, p
         f"arn:{partition}:iam::222222222222:root",
     ]:
         assert not matches(other), other
+
+
+def _may_assume(role: RenderedRole, role_arn: str, resource_org: str | None) -> bool:
+    """Whether the role's policies allow sts:AssumeRole of ``role_arn`` when that role's account is in
+    ``resource_org`` (``None``: the request carries no ``aws:ResourceOrgID``), by moto's IAM evaluator."""
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    context = {"aws:ResourceOrgID": resource_org} if resource_org else {}
+    return any(
+        IAMPolicy(json.dumps(doc)).is_action_permitted("sts:AssumeRole", role_arn, None, context)
+        == PermissionResult.PERMITTED
+        for doc in role.policies.values()
+    )
+
+
+def test_application_assumes_discovery_roles_only_in_its_organization() -> None:
+    """OrganizationId given: the condition is on (no other switch); empty: any account, as before."""
+    member = "arn:aws:iam::222222222222:role/CMDBDiscovery"
+    restricted = _application(OrganizationId=ORG_ID)
+    (sts,) = [s for s in _all_statements(restricted) if "sts:AssumeRole" in _as_list(s["Action"])]
+    assert set(_as_list(sts["Action"])) == TRUST_ACTIONS  # SetSourceIdentity and TagSession too
+    assert sts["Condition"] == {"StringEquals": {"aws:ResourceOrgID": ORG_ID}}
+    assert _may_assume(restricted, member, ORG_ID)
+    assert not _may_assume(restricted, member, "o-zzzzzzzzzz")  # an account of another organization
+    # An account in no organization has no aws:ResourceOrgID, which StringEquals never matches in IAM
+    # (moto's evaluator passes a missing key, so this is checked on the document: no ...IfExists).
+    assert "IfExists" not in json.dumps(sts["Condition"])
+
+    unrestricted = _application()
+    (sts,) = [s for s in _all_statements(unrestricted) if "sts:AssumeRole" in _as_list(s["Action"])]
+    assert "Condition" not in sts
+    assert _may_assume(unrestricted, member, "o-zzzzzzzzzz")
+    assert _may_assume(unrestricted, member, None)
+    # The other grants never carry the organization condition.
+    for stmt in _all_statements(restricted):
+        if stmt is not sts and "sts:AssumeRole" not in _as_list(stmt["Action"]):
+            assert "aws:ResourceOrgID" not in json.dumps(stmt)
+    for bad in ["o-123", "ou-ab12-abcdefgh", "r-ab12", "o-ABCDEFGHIJ", "*"]:
+        with pytest.raises(TemplateError, match="OrganizationId"):
+            _application(OrganizationId=bad)
 
 
 @pytest.mark.parametrize(("bucket", "prefix"), [(BUCKET, None), ("other.bucket-1", "team/cmdb/ec2")])
@@ -465,7 +515,7 @@ def _create(iam: Any, role: RenderedRole) -> str:
 def test_moto_iam_accepts_the_rendered_roles(iam: Any) -> None:
     application = render_role(
         APPLICATION,
-        {"BucketName": BUCKET, "TopicArn": TOPIC_ARN, "KmsKeyArn": KMS_KEY_ARN},
+        {"BucketName": BUCKET, "TopicArn": TOPIC_ARN, "KmsKeyArn": KMS_KEY_ARN, "OrganizationId": ORG_ID},
         account_id="123456789012",
     )
     hub_arn = _create(iam, application)

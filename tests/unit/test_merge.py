@@ -206,11 +206,24 @@ def test_manifest_fields(s3: Any, store: SnapshotStore) -> None:
     assert manifest["logical_date"] == run.logical_date
     assert ISO_UTC_RE.match(manifest["collected_at"])
     assert manifest["schema_version"] == SCHEMA_VERSION
-    assert manifest["csv_key"] == csv_key
+    # csv_key names the commit's own CSV (never rewritten); the contract's key holds a copy of it.
+    assert manifest["csv_key"] == f"{manifest['commit_prefix']}/{CSV_NAME}"
+    assert manifest["commit_prefix"].startswith(f"{PREFIX}/ds={DS}/run=")
+    assert manifest["csv_uri"] == f"s3://{BUCKET}/{manifest['csv_key']}"
     assert manifest["row_count"] == 10
     assert manifest["complete"] is True
     assert manifest["columns"] == list(COLUMNS)
-    assert manifest["csv_sha256"] == hashlib.sha256(body(s3, csv_key)).hexdigest()
+    assert manifest["csv_sha256"] == hashlib.sha256(body(s3, manifest["csv_key"])).hexdigest()
+    assert body(s3, csv_key) == body(s3, manifest["csv_key"])
+    assert manifest["csv_bytes"] == len(body(s3, csv_key))
+    head = s3.head_object(Bucket=BUCKET, Key=csv_key)
+    assert head["Metadata"]["commit-id"] == manifest["commit_id"]
+    assert head["Metadata"]["sha256"] == manifest["csv_sha256"]
+    assert [(p["name"], p["key"]) for p in manifest["published"]] == [
+        ("changes.csv", manifest["changes"]["key"]),
+        ("ec2_inventory.parquet", None),
+        (CSV_NAME, manifest["csv_key"]),
+    ]
     assert manifest["accounts_expected"] == 3
     assert manifest["accounts_covered"] == 3
     assert manifest["regions_scanned"] == 5
@@ -533,7 +546,7 @@ def test_a_retried_merge_repairs_latest_after_a_failed_copy(
         raise ConnectionError("copy interrupted")
 
     with monkeypatch.context() as patch:
-        patch.setattr(store, "copy", interrupted)
+        patch.setattr(store, "copy_sized", interrupted)
         with pytest.raises(ConnectionError):
             merge_inventory(settings, run, store, expected_of(settings))
     assert manifest_at(store, "2024-03-02")["dag_run_id"] == run.run_id  # the date's snapshot was written
@@ -541,3 +554,252 @@ def test_a_retried_merge_repairs_latest_after_a_failed_copy(
     summary = merge_inventory(settings, run, store, expected_of(settings))  # Airflow retries the task
     assert summary["latest_updated"] is True
     assert store.get_json(store.layout.latest(MANIFEST_NAME))["ds"] == "2024-03-02"
+
+
+# --- unusable manifests ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "damage", [b'{"dag_run_id": "scheduled__2024-03-01T00:00:00+00:00", "comp', b"[1, 2]"]
+)
+def test_an_unusable_manifest_of_the_date_and_of_latest_counts_as_absent(
+    s3: Any, store: SnapshotStore, damage: bytes
+) -> None:
+    layout = store.layout
+    for key in (layout.snapshot(DS, MANIFEST_NAME), layout.latest(MANIFEST_NAME)):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=damage)
+    settings, run = make_settings(), run_info("manual__2024-03-01T09:00:00+00:00")
+    report_all_ok(store, run)
+
+    summary = merge_inventory(settings, run, store, expected_of(settings))
+
+    # Written (nothing usable to keep), and both unusable documents are named, with why.
+    assert summary["written"] is True
+    assert "the date's manifest.json was unusable, treated as absent: not " in summary["decision_reason"]
+    assert [u["key"] for u in summary["unusable"]] == [
+        layout.snapshot(DS, MANIFEST_NAME),
+        layout.latest(MANIFEST_NAME),
+    ]
+    assert all(u["problem"].startswith("not ") for u in summary["unusable"])
+    assert summary["latest_updated"] is True
+    manifest = manifest_at(store)
+    assert manifest["dag_run_id"] == run.run_id
+    assert store.get_json(layout.latest(MANIFEST_NAME)) == manifest
+    assert hashlib.sha256(body(s3, layout.latest(CSV_NAME))).hexdigest() == manifest["csv_sha256"]
+    # The next run finds a usable manifest again: nothing is named any more.
+    again = merge_inventory(settings, run, store, expected_of(settings))
+    assert again["unusable"] == []
+
+
+# --- a date's objects change together: the merge killed between any two writes ---------------------------
+
+# Every S3 request that changes an object.
+S3_WRITES = frozenset(
+    {
+        "PutObject",
+        "CopyObject",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPartCopy",
+        "CompleteMultipartUpload",
+        "DeleteObject",
+        "DeleteObjects",
+    }
+)
+FIXED_NAMES = (CSV_NAME, "changes.csv", "ec2_inventory.parquet", MANIFEST_NAME)
+
+
+class Killed(BaseException):
+    """The merge's process dies (a BaseException, so no ``except Exception`` of the code survives it)."""
+
+
+class Killer:
+    """
+    A botocore ``before-parameter-build`` handler: the merge dies just before its write number ``at``
+    (every S3 call after that fails too, as in a process that is gone); ``at=None`` only counts them.
+    """
+
+    def __init__(self, at: int | None = None) -> None:
+        self.at = at
+        self.writes: list[tuple[str, str]] = []
+        self.dead = False
+
+    def __call__(self, model: Any, params: Mapping[str, Any], **_: Any) -> None:
+        if self.dead:
+            raise Killed("the process is gone")
+        if model.name in S3_WRITES:
+            self.writes.append((model.name, str(params.get("Key", ""))))
+            if len(self.writes) == self.at:
+                self.dead = True
+                raise Killed(f"killed before write {self.at}: {model.name} {params.get('Key')}")
+
+
+def killed_merge(store: SnapshotStore, at: int | None, merge: Any) -> Killer:
+    """Run ``merge()`` with the merge killed before write ``at``; the killer tells what was written."""
+    killer = Killer(at)
+    store.s3.meta.events.register("before-parameter-build.s3", killer, unique_id="test-killer")
+    try:
+        merge()
+    except Killed:
+        assert at is not None
+    else:
+        assert at is None or at > len(killer.writes), f"write {at} never came: {killer.writes}"
+    finally:
+        store.s3.meta.events.unregister("before-parameter-build.s3", unique_id="test-killer")
+    return killer
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def maybe_body(s3: Any, key: str) -> bytes | None:
+    return body(s3, key) if exists(s3, key) else None
+
+
+def read_as_a_reader(s3: Any, store: SnapshotStore, folder: str) -> dict[str, Any] | None:
+    """
+    What a reader sees who reads ``folder``'s manifest first and then the objects its keys name: ``None``
+    when there is no manifest; else the manifest, after checking each object is whole and matches it.
+    """
+    key = f"{PREFIX}/{folder}/{MANIFEST_NAME}"
+    if not exists(s3, key):
+        return None
+    manifest = store.get_json(key)
+    assert manifest is not None, f"{key} is not a JSON object"
+    assert sha(body(s3, manifest["csv_key"])) == manifest["csv_sha256"], folder
+    rows = csv_rows(s3, manifest["csv_key"])
+    assert len(rows) - 1 == manifest["row_count"], folder
+    assert sha(body(s3, manifest["changes"]["key"])) == manifest["changes"]["sha256"], folder
+    if manifest.get("parquet"):
+        assert sha(body(s3, manifest["parquet"]["key"])) == manifest["parquet"]["sha256"], folder
+    return manifest
+
+
+def assert_fixed_names_are_one_runs(
+    s3: Any, store: SnapshotStore, folder: str, manifest: Mapping[str, Any]
+) -> None:
+    """Every fixed-name file of ``folder`` (``ds=D`` or ``latest``) is the committed snapshot's, whole."""
+    assert store.get_json(f"{PREFIX}/{folder}/{MANIFEST_NAME}") == manifest, folder
+    assert sha(body(s3, f"{PREFIX}/{folder}/{CSV_NAME}")) == manifest["csv_sha256"], folder
+    assert sha(body(s3, f"{PREFIX}/{folder}/changes.csv")) == manifest["changes"]["sha256"], folder
+    parquet = maybe_body(s3, f"{PREFIX}/{folder}/ec2_inventory.parquet")
+    if manifest.get("parquet"):
+        assert parquet is not None, folder
+        assert sha(parquet) == manifest["parquet"]["sha256"], folder
+    else:
+        assert parquet is None, folder
+    # Each fixed-name file is a copy of the object the manifest names; the CSV's metadata says which commit.
+    names = {entry["name"]: entry["key"] for entry in manifest["published"]}
+    assert set(names) | {MANIFEST_NAME} == set(FIXED_NAMES)
+    for name, source in names.items():
+        fixed = maybe_body(s3, f"{PREFIX}/{folder}/{name}")
+        assert fixed == (None if source is None else body(s3, source)), (folder, name)
+    head = s3.head_object(Bucket=BUCKET, Key=f"{PREFIX}/{folder}/{CSV_NAME}")
+    assert head["Metadata"]["commit-id"] == manifest["commit_id"], folder
+
+
+def commit_objects(s3: Any, ds: str) -> set[str]:
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/ds={ds}/run=").get("Contents", [])
+    return {o["Key"] for o in listed}
+
+
+def fresh_bucket(s3: Any) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
+
+
+@pytest.mark.parametrize(
+    ("scenario", "retry"),
+    [
+        pytest.param("replace", "same-run", id="overwrite-of-the-date-then-airflow-retry"),
+        pytest.param("replace", "next-run", id="overwrite-of-the-date-then-a-run-that-writes-nothing"),
+        pytest.param("new-date", "same-run", id="a-new-date-then-airflow-retry"),
+    ],
+)
+def test_a_merge_killed_between_any_two_writes_leaves_each_snapshot_whole(
+    s3: Any, store: SnapshotStore, scenario: str, retry: str
+) -> None:
+    """
+    ``replace``: the date has run one's complete snapshot with Parquet, also in ``latest/``; run two (the
+    run's ``overwrite``, no Parquet) is killed before its k-th write, for every k. ``new-date``: the
+    previous day is in ``latest/`` and the new date's run is killed. Then Airflow retries the merge (the
+    same run, next try), or another run of the date comes that writes nothing (its resolve saw a complete
+    snapshot) but finishes what the killed one committed.
+    """
+    ds = DS if scenario == "replace" else "2024-03-02"
+    first = run_info("scheduled__2024-03-01T00:00:00+00:00")
+    second = run_info(
+        "manual__2024-03-01T09:00:00+00:00" if scenario == "replace" else f"scheduled__{ds}T00:00:00+00:00",
+        ds=ds,
+    )
+    with_parquet, second_settings = make_settings(parquet=True), make_settings(parquet=scenario == "new-date")
+
+    def setup() -> None:
+        fresh_bucket(s3)
+        report_all_ok(store, first, tag="-first")
+        merge_inventory(with_parquet, first, store, expected_of(with_parquet))
+        report_all_ok(store, second, tag="-second")
+
+    def merge_second(run: RunInfo = second) -> Any:
+        return lambda: merge_inventory(
+            second_settings, run, store, expected_of(second_settings), overwrite=scenario == "replace"
+        )
+
+    setup()
+    previous = read_as_a_reader(s3, store, f"ds={first.ds}")
+    assert previous is not None
+    before = (previous["dag_run_id"], previous["csv_sha256"])
+    uninterrupted = killed_merge(store, None, merge_second())
+    total = len(uninterrupted.writes)
+    assert total >= 10, uninterrupted.writes
+
+    for at in range(1, total + 1):
+        setup()
+        killer = killed_merge(store, at, merge_second())
+        assert killer.dead, at
+
+        # A reader who follows the manifest sees one run's whole snapshot, the old or the new, in ds= and
+        # in latest/ (whatever the fixed-name files hold at this moment).
+        seen = read_as_a_reader(s3, store, f"ds={ds}")
+        latest = read_as_a_reader(s3, store, "latest")
+        assert latest is not None, at
+        if scenario == "replace":
+            assert seen is not None, at
+            assert seen["dag_run_id"] in (first.run_id, second.run_id), at
+            assert latest["dag_run_id"] in (first.run_id, second.run_id), at
+        else:
+            assert seen is None or seen["dag_run_id"] == second.run_id, at
+            assert (latest["ds"], latest["dag_run_id"]) in ((first.ds, first.run_id), (ds, second.run_id)), at
+            previous = read_as_a_reader(s3, store, f"ds={first.ds}")
+            assert previous is not None, at
+            assert (previous["dag_run_id"], previous["csv_sha256"]) == before, at
+        csv_link = f"{PREFIX}/athena/ec2_inventory_csv/ds={ds}/symlink.txt"
+        if exists(s3, csv_link):  # Athena's CSV symlink always names the date's fixed-name CSV
+            assert body(s3, csv_link) == f"s3://{BUCKET}/{PREFIX}/ds={ds}/{CSV_NAME}\n".encode(), at
+
+        # The next attempt finishes it: every fixed-name file of ds= and latest/ is one run's, whole.
+        if retry == "same-run":
+            merge_second(RunInfo(second.dag_id, second.run_id, ds, second.logical_date, try_number=2))()
+        else:
+            third = run_info("manual__2024-03-01T12:00:00+00:00")
+            summary = merge_inventory(second_settings, third, store, [], skip_reason="complete already")
+            assert summary["written"] is False
+        committed = store.get_json(f"{PREFIX}/ds={ds}/{MANIFEST_NAME}")
+        assert committed is not None, at
+        if retry == "same-run":
+            assert committed["dag_run_id"] == second.run_id, at
+        assert_fixed_names_are_one_runs(s3, store, f"ds={ds}", committed)
+        assert_fixed_names_are_one_runs(s3, store, "latest", committed)
+        # Under the date, no other commit's objects are left by a merge that committed or finished copies
+        # (the replaced snapshot's, a killed attempt's); a merge that wrote nothing leaves a killed attempt's
+        # uncommitted objects (no manifest names them) to the date's next commit.
+        folders = {k.rsplit("/", 1)[0] for k in commit_objects(s3, ds)}
+        assert committed["commit_prefix"] in folders, at
+        if retry == "same-run" or committed["dag_run_id"] == second.run_id:
+            assert folders == {committed["commit_prefix"]}, at
+        else:
+            attempted = {k.rsplit("/", 1)[0] for _, k in killer.writes if f"/ds={ds}/run=" in k}
+            assert folders <= {committed["commit_prefix"], *attempted}, (at, killer.writes)

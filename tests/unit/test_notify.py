@@ -130,7 +130,8 @@ def test_many_gaps_are_capped_and_point_to_the_manifest() -> None:
     text = message(summary(gaps=gaps, gap_count=len(gaps) + 30))
     assert f"Not covered ({len(gaps) + 30})" in text
     assert text.count("InternalError") == MAX_GAPS_LISTED
-    assert f"and more: see {MANIFEST_URI}" in text
+    left = len(gaps) + 30 - MAX_GAPS_LISTED
+    assert f"  \u2026 {left} more not covered: see {MANIFEST_URI}" in text.splitlines()
 
 
 def test_not_written_says_why() -> None:
@@ -181,3 +182,27 @@ def test_failure_message_without_account() -> None:
     assert "merge_inventory failed" in text
     assert "for account" not in text
     assert "boom" in text
+
+
+def test_an_unusable_manifest_is_named_with_why() -> None:
+    unusable = [
+        {
+            "key": "cmdb/ec2-inventory/ds=2024-03-01/manifest.json",
+            "uri": MANIFEST_URI,
+            "problem": "not valid JSON (26 bytes: Unterminated string)",
+        },
+        {
+            "key": "cmdb/ec2-inventory/latest/manifest.json",
+            "uri": "s3://b/latest/manifest.json",
+            "problem": "not a JSON object (a JSON list)",
+        },
+    ]
+    text = message(summary(unusable=unusable))
+    assert (
+        f"Unusable: {MANIFEST_URI} (not valid JSON (26 bytes: Unterminated string)): treated as absent"
+        in text
+    )
+    assert (
+        "Unusable: s3://b/latest/manifest.json (not a JSON object (a JSON list)): treated as absent" in text
+    )
+    assert "Unusable:" not in message(summary())

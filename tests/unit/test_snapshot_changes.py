@@ -17,7 +17,7 @@ from include.cmdb_inventory.config import Account, parse_settings
 from include.cmdb_inventory.inventory import RunInfo, merge_inventory
 from include.cmdb_inventory.notify import message
 from include.cmdb_inventory.records import Record, instance_record, sort_key
-from include.cmdb_inventory.storage import CSV_NAME, MANIFEST_NAME, SnapshotStore
+from include.cmdb_inventory.storage import MANIFEST_NAME, SnapshotStore
 
 REGION = "us-east-1"
 BUCKET = "cmdb-changes-bucket"
@@ -234,9 +234,16 @@ def test_the_previous_snapshot_is_the_newest_complete_earlier_date(store: Snapsh
     assert "none of the 1 newest snapshot dates before 2026-11-20 is complete" in detail
 
 
+def previous_csv_key(store: SnapshotStore, ds: str) -> str:
+    """The CSV that change detection reads for ``ds``: the one its manifest commits (``csv_key``)."""
+    manifest = store.get_json(f"{PREFIX}/ds={ds}/{MANIFEST_NAME}")
+    assert manifest is not None
+    return str(manifest["csv_key"])
+
+
 def test_an_altered_previous_csv_is_reported_not_compared(store: SnapshotStore) -> None:
     snapshot(store, "2026-11-19", DAY1)
-    key = f"{PREFIX}/ds=2026-11-19/{CSV_NAME}"
+    key = previous_csv_key(store, "2026-11-19")
     altered = store.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().replace(b"i-x0002", b"i-x0009")
     store.s3.put_object(Bucket=BUCKET, Key=key, Body=altered)
 
@@ -256,3 +263,102 @@ def test_a_kept_snapshot_reports_its_own_changes(store: SnapshotStore) -> None:
     assert again["written"] is False
     assert again["changes"] == first["changes"]
     assert again["changes"]["removed"] == 2
+
+
+# --- an unusable previous manifest or changes input: the run writes its snapshot and says why ------------
+
+
+def put_raw(store: SnapshotStore, key: str, data: bytes) -> None:
+    store.s3.put_object(Bucket=BUCKET, Key=key, Body=data, ContentType="application/json")
+
+
+def manifest_key(ds: str) -> str:
+    return f"{PREFIX}/ds={ds}/{MANIFEST_NAME}"
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        pytest.param(lambda raw: raw[: len(raw) // 2], "not valid JSON", id="truncated"),
+        pytest.param(lambda raw: b"", "not valid JSON", id="empty"),
+        pytest.param(lambda raw: b"\xff\xfe{garbage", "not valid JSON", id="not-utf8"),
+        pytest.param(lambda raw: b'["a", "list"]', "not a JSON object (a JSON list)", id="a-list"),
+        pytest.param(lambda raw: b"null", "not a JSON object (a JSON NoneType)", id="null"),
+    ],
+)
+def test_an_unusable_previous_manifest_is_skipped_and_named(
+    store: SnapshotStore, damage: Any, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    snapshot(store, "2026-11-19", DAY1)
+    key = manifest_key("2026-11-19")
+    put_raw(store, key, damage(store.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+
+    summary = snapshot(store, "2026-11-20", DAY1)
+
+    # The run writes its own snapshot; the change report says why it could not compare.
+    assert summary["written"] is True
+    assert summary["snapshot_complete"] is True
+    assert store.get_json(manifest_key("2026-11-20")) is not None
+    changes = summary["changes"]
+    assert changes["status"] == "NO_PREVIOUS"
+    assert "skipped 2026-11-19, whose manifest.json is unusable" in changes["detail"]
+    assert problem in changes["detail"]
+    assert read_csv(store, changes["key"]) == []
+    assert "whose manifest.json is unusable" in message(summary)
+    # Logged, naming the key.
+    assert any(f"s3://{BUCKET}/{key} is unusable" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unusable_manifest_is_skipped_for_an_earlier_complete_one(store: SnapshotStore) -> None:
+    snapshot(store, "2026-11-18", DAY1)
+    snapshot(store, "2026-11-19", DAY1)
+    put_raw(store, manifest_key("2026-11-19"), b'{"complete": true, "csv_key": "x", "row_co')
+
+    previous, detail = find_previous(store, "2026-11-20")
+    assert previous is not None
+    assert previous["ds"] == "2026-11-18"
+    assert detail.startswith("compared with the complete snapshot of 2026-11-18 (run ")
+    assert "; skipped 2026-11-19, whose manifest.json is unusable (not valid JSON" in detail
+
+    summary = snapshot(store, "2026-11-20", DAY1)
+    assert summary["changes"]["status"] == "COMPARED"
+    assert summary["changes"]["previous_ds"] == "2026-11-18"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda raw: raw[: len(raw) // 2], id="truncated"),
+        pytest.param(lambda raw: b'{"not": "a CSV"}', id="json-not-csv"),
+        pytest.param(lambda raw: b"", id="empty"),
+    ],
+)
+def test_an_unusable_previous_csv_is_reported_not_compared(store: SnapshotStore, damage: Any) -> None:
+    snapshot(store, "2026-11-19", DAY1)
+    key = previous_csv_key(store, "2026-11-19")
+    store.s3.put_object(
+        Bucket=BUCKET, Key=key, Body=damage(store.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    )
+
+    summary = snapshot(store, "2026-11-20", DAY1)
+    assert summary["written"] is True
+    changes = summary["changes"]
+    assert changes["status"] == "ERROR"
+    assert changes["detail"].startswith("not compared: the previous snapshot's CSV")
+    assert read_csv(store, changes["key"]) == []
+    assert "Changes:  none listed: not compared" in message(summary)
+
+
+def test_a_previous_manifest_with_a_foreign_ledger_is_reported_not_compared(store: SnapshotStore) -> None:
+    snapshot(store, "2026-11-19", DAY1)
+    manifest = store.get_json(manifest_key("2026-11-19"))
+    assert manifest is not None
+    store.put_json(manifest_key("2026-11-19"), {**manifest, "coverage": "all of it"})
+
+    summary = snapshot(store, "2026-11-20", DAY1)
+    assert summary["written"] is True
+    assert summary["changes"]["status"] == "ERROR"
+    assert (
+        "the coverage ledger in the previous snapshot (2026-11-19) is not a list"
+        in summary["changes"]["detail"]
+    )

@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
@@ -24,6 +25,7 @@ from include.cmdb_inventory.storage import (
     CSV_NAME,
     MANIFEST_NAME,
     BucketOwnerError,
+    CommitLayout,
     Layout,
     SnapshotStore,
     decide_write,
@@ -388,6 +390,114 @@ def test_upload_csv_of_a_small_file_is_one_put(s3: Any, wire: Wire) -> None:
     assert read_body(s3, "k.csv") == data
 
 
+@pytest.mark.parametrize("owner", [None, OWNER])
+def test_a_sized_copy_is_one_copy_object_keeping_metadata(s3: Any, wire: Wire, owner: str | None) -> None:
+    store = make_store(s3, kms_key_id=KMS_KEY, owner=owner)
+    data = large_csv(1000)
+    store.upload_csv(io.BytesIO(data), "src.csv", {"sha256": "abc", "commit-id": "try1-x"})
+    wire.calls.clear()
+    store.copy_sized("src.csv", "dst.csv", len(data))
+    assert wire.names() == ["CopyObject"]
+    (params,) = wire.ops("CopyObject")
+    assert params["MetadataDirective"] == "COPY"
+    assert_encrypted(params, KMS_KEY)
+    assert params.get("ExpectedSourceBucketOwner") == owner
+    assert_owner_on_every_call(wire, owner)
+    copied = s3.get_object(Bucket=BUCKET, Key="dst.csv")
+    assert copied["Body"].read() == data
+    assert copied["Metadata"] == {"sha256": "abc", "commit-id": "try1-x"}
+    assert copied["ContentType"] == CSV_CONTENT_TYPE
+
+    # Unknown size (a manifest written before sizes were recorded) or beyond CopyObject: the managed copy.
+    wire.calls.clear()
+    store.copy_sized("src.csv", "other.csv", None)
+    assert wire.names()[0] == "HeadObject"
+    assert read_body(s3, "other.csv") == data
+
+
+def test_commit_layout_puts_only_its_own_dates_files_in_its_folder() -> None:
+    layout = Layout(PREFIX)
+    folder = layout.commit(DS, RUN_MANUAL, "try2-0a1b2c3d")
+    assert folder.startswith(layout.commits(DS))
+    assert folder == f"{PREFIX}/ds={DS}/run={safe_segment(RUN_MANUAL)}/try2-0a1b2c3d"
+    assert ":" not in folder.split("/run=")[1]
+    commit = CommitLayout(PREFIX, ds=DS, commit=folder)
+    assert commit.snapshot(DS, "changes.csv") == f"{folder}/changes.csv"
+    assert commit.snapshot("2024-02-29", MANIFEST_NAME) == layout.snapshot("2024-02-29", MANIFEST_NAME)
+    assert commit.latest(CSV_NAME) == layout.latest(CSV_NAME)
+    assert commit.prefix == PREFIX
+
+
+def test_list_and_delete_keys(s3: Any, wire: Wire) -> None:
+    store = make_store(s3, owner=OWNER)
+    for n in range(3):
+        store.put_bytes(f"{PREFIX}/ds={DS}/run=a/{n}.csv", b"x", "text/csv")
+    store.put_bytes(f"{PREFIX}/ds={DS}/{CSV_NAME}", b"x", "text/csv")
+    listed = store.list_keys(store.layout.commits(DS))
+    assert listed == [f"{PREFIX}/ds={DS}/run=a/{n}.csv" for n in range(3)]
+    wire.calls.clear()
+    store.delete_keys([*listed[:2], f"{PREFIX}/never-there.csv"])
+    assert wire.names() == ["DeleteObjects"]
+    assert_owner_on_every_call(wire, OWNER)
+    assert store.list_keys(f"{PREFIX}/ds={DS}/") == [f"{PREFIX}/ds={DS}/{CSV_NAME}", listed[2]]
+    wire.calls.clear()
+    store.delete_keys([])
+    assert wire.names() == []
+
+
+def test_the_stores_s3_client_retries_through_a_slowdown_storm_on_a_multipart_upload(
+    moto_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    hub_env_factory: Any,
+    no_retry_delay: list[float],
+) -> None:
+    """
+    The store as the DAG builds it (``store_for``: the hub connection, the configured attempts), behind the
+    gateway: S3 answers 503 SlowDown five times in a row on the CSV's parts, three times on starting and on
+    completing the upload, three on a copy; botocore retries through every storm, nothing is lost.
+    ``no_retry_delay`` makes botocore's backoff sleep 0 s (only the sleep: which calls are retried, and how
+    often, stays botocore's decision).
+    """
+    from include.cmdb_inventory.config import parse_settings
+    from include.cmdb_inventory.inventory import store_for
+    from tests.aws_gateway import AwsGateway
+
+    with AwsGateway(upstream=moto_url) as gateway:
+        for name, value in hub_env_factory(gateway.url).items():
+            monkeypatch.setenv(name, value)
+        bucket = "cmdb-slowdown-storm"
+        boto3.client("s3", **gateway.client_kwargs()).create_bucket(Bucket=bucket)
+        store = store_for(parse_settings({"accounts": ["111111111111"], "bucket": bucket}))
+        storms = [
+            gateway.throttle("s3", action="CreateMultipartUpload", times=3),
+            gateway.throttle("s3", action="UploadPart", times=5),
+            gateway.throttle("s3", action="CompleteMultipartUpload", times=3),
+            gateway.throttle("s3", action="CopyObject", times=3),
+        ]
+        data = large_csv(17 * MIB)
+        key = store.layout.snapshot(DS, CSV_NAME)
+        store.upload_csv(io.BytesIO(data), key, {"sha256": hashlib.sha256(data).hexdigest()})
+        store.copy_sized(key, store.layout.latest(CSV_NAME), len(data))
+
+        assert [rule.hits for rule in storms] == [3, 5, 3, 3]
+        assert gateway.count(action="UploadPart", status=200) == 2  # two 16 MiB parts, each once
+        assert gateway.count(service="s3", fault="SlowDown", status=503) == 14
+        assert len(no_retry_delay) == 14  # one retry per SlowDown, each after botocore's backoff
+        raw = boto3.client(
+            "s3",
+            endpoint_url=moto_url,
+            region_name=REGION,
+            aws_access_key_id="a",
+            aws_secret_access_key="b",
+            # moto's checksum of a multipart object is not the one botocore computes over the whole body
+            config=Config(response_checksum_validation="when_required"),
+        )
+        for where in (key, store.layout.latest(CSV_NAME)):
+            obj = raw.get_object(Bucket=bucket, Key=where)
+            assert obj["Body"].read() == data, where
+        assert raw.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 # --- encryption, owner and ACLs on the wire ---------------------------------------------------------------
 
 
@@ -453,6 +563,38 @@ def test_get_json_round_trip_keeps_unicode(s3: Any) -> None:
     store.put_json("d.json", doc)
     assert store.get_json("d.json") == doc
     assert "Überwachung".encode() in read_body(s3, "d.json")
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        pytest.param(b'{"complete": true, "row_co', "not valid JSON (26 bytes: ", id="truncated"),
+        pytest.param(b"", "not valid JSON (0 bytes: ", id="empty"),
+        pytest.param(b"\xff\xfe\x00{", "not valid JSON (4 bytes: ", id="not-utf8"),
+        pytest.param(b"[1, 2]", "not a JSON object (a JSON list)", id="a-list"),
+        pytest.param(b'"text"', "not a JSON object (a JSON str)", id="a-string"),
+        pytest.param(b"42", "not a JSON object (a JSON int)", id="a-number"),
+    ],
+)
+def test_an_unusable_document_is_named_and_read_as_absent(
+    s3: Any, data: bytes, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store(s3)
+    key = f"{PREFIX}/ds={DS}/{MANIFEST_NAME}"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    document = store.get_document(key)
+    assert document.key == key
+    assert document.body is None
+    assert document.unusable is not None
+    assert document.unusable.startswith(problem)
+    assert store.get_json(key) is None  # every reader (resolve's skip check too) treats it as absent
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1] == (
+        f"s3://{BUCKET}/{key} is unusable, treated as absent: {document.unusable}"
+    )
+    missing = store.get_document(f"{PREFIX}/nothing.json")
+    assert (missing.body, missing.unusable) == (None, None)
+    store.put_json(key, {"ok": True})
+    assert store.get_document(key) == type(document)(key, {"ok": True})
 
 
 def test_get_json_of_a_missing_bucket_raises(s3: Any) -> None:
