@@ -6,14 +6,14 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format bench clean browser
+.PHONY: venv demo test lint format bench clean browser redis
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip --default-pip >/dev/null
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements-dev.txt -c constraints.txt
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -r requirements-dev.txt -c constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 ## Lint, format check, IAM template lint, then every test layer.
-test: $(STAMP) lint browser
+test: $(STAMP) lint browser redis
 	$(PY) -m pytest -n 2 --dist loadgroup -p no:cacheprovider $(PYTEST_ARGS)
 
 ## Headless Chromium for the UI test: Debian's package when missing (as root, or with sudo -n).
@@ -38,6 +38,15 @@ browser:
 	  $$S env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
 	  || echo "warning: chromium not installed: the browser test will be skipped"; }
+
+## Redis for the Celery cluster test: Debian's redis-server when missing (as root, or with sudo -n).
+## The test starts its own server (127.0.0.1, a free port, a temporary directory); it never uses a system one.
+redis:
+	@test -x /usr/bin/redis-server || ! command -v apt-get >/dev/null || { \
+	  echo "installing Debian's redis-server for the Celery cluster test"; S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  $$S env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
+	  || echo "warning: redis-server not installed: the Celery cluster test will be skipped"; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

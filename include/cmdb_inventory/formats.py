@@ -160,7 +160,9 @@ def write_formats(
     by an earlier run of the same date is removed, so the date's files always belong together.
     """
     parquet_key = store.layout.snapshot(ds, PARQUET_NAME)
+    # The symlinks name what Athena reads: the date's fixed-name files when the caller gives them.
     csv_key = str(manifest.get("csv_key") or store.layout.snapshot(ds, CSV_NAME))
+    parquet_link_target = str(manifest.get("parquet_key") or parquet_key)
     parquet_entry: dict[str, Any] | None = None
     if parquet:
         with spool() as out:
@@ -197,7 +199,9 @@ def write_formats(
         _delete(store, symlink_key(store, PARQUET_TABLE, ds))
     athena = {
         "csv_symlink_key": _put_symlink(store, CSV_TABLE, ds, csv_key),
-        "parquet_symlink_key": _put_symlink(store, PARQUET_TABLE, ds, parquet_key) if parquet else None,
+        "parquet_symlink_key": _put_symlink(store, PARQUET_TABLE, ds, parquet_link_target)
+        if parquet
+        else None,
     }
     return {"parquet": parquet_entry, "athena": athena}
 

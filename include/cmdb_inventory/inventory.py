@@ -393,9 +393,13 @@ def _commit(
         csv_file.seek(0)
         manifest["changes"] = changes.write_changes(view, run.ds, manifest, csv_file)
         csv_file.seek(0)
-        # Athena's CSV symlink names the date's fixed-name copy: the same text every time, so writing it
-        # before the commit changes nothing a reader sees.
-        fixed = {**manifest, "csv_key": layout.snapshot(run.ds, CSV_NAME)}
+        # Athena's symlinks name the date's fixed-name copies: the same text every time, so writing them
+        # before the commit changes nothing a reader sees (the copies follow the commit).
+        fixed = {
+            **manifest,
+            "csv_key": layout.snapshot(run.ds, CSV_NAME),
+            "parquet_key": layout.snapshot(run.ds, PARQUET_NAME),
+        }
         manifest.update(formats.write_formats(view, run.ds, fixed, csv_file, parquet=settings.parquet))
     manifest["published"] = _published(manifest)
 

@@ -1,7 +1,7 @@
 """
 A real Airflow on loopback for end-to-end tests: a private PostgreSQL 15, then ``airflow db migrate``,
 the scheduler (LocalExecutor), the DAG processor and the API server, each a subprocess in its own
-process group, torn down reliably; plus a small client of the REST API (``/api/v2``) as the UI uses it.
+session, torn down reliably; plus a small client of the REST API (``/api/v2``) as the UI uses it.
 
     with Postgres() as pg:
         port = free_port()
@@ -14,6 +14,12 @@ process group, torn down reliably; plus a small client of the REST API (``/api/v
 
 Nothing listens on anything but 127.0.0.1, on free ports; the scheduler's log server (8793) is not
 started (``--skip-serve-logs``): the API server reads task logs from the shared log folder.
+
+On the CeleryExecutor (``cluster_env(..., executor="CeleryExecutor", broker_url=redis.url)``) a private
+:class:`Redis` is the broker, the metadata database the result backend, and each
+:meth:`AirflowCluster.start_worker` is one ``airflow celery worker`` with its own ``--celery-hostname`` and
+task-instance hostname, as on its own machine. Faults: :meth:`AirflowCluster.kill` (SIGKILL to every
+process of a component, as when its machine dies), :meth:`AirflowCluster.restart`, :meth:`Postgres.restart`.
 
 The second half, :class:`Org`, is the tests' side of the emulated organisation: the world they seed,
 and S3 and the CMDB team's queue read back through the raw moto URL.
@@ -29,6 +35,7 @@ import pwd
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +54,9 @@ from include.cmdb_inventory.sandbox import free_port
 log = logging.getLogger(__name__)
 
 PG_BIN = Path(os.environ.get("CMDB_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+REDIS_SERVER = Path(os.environ.get("CMDB_TEST_REDIS_SERVER", "/usr/bin/redis-server"))
+# A Celery worker's task instances report this as their hostname (see worker_hostname).
+WORKER_HOSTNAME_VAR = "CMDB_TEST_WORKER_HOSTNAME"
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
 FINISHED_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
@@ -60,6 +70,19 @@ def postgres_available() -> bool:
     return (PG_BIN / "initdb").exists() and (PG_BIN / "postgres").exists()
 
 
+def redis_available() -> bool:
+    """Whether Debian's ``redis-server`` (``make redis``) is installed."""
+    return os.access(REDIS_SERVER, os.X_OK)
+
+
+def worker_hostname() -> str:
+    """
+    ``[core] hostname_callable`` of a test's Celery worker: the name of the machine it stands for. Two
+    workers on one machine would otherwise report the same hostname on their task instances.
+    """
+    return os.environ.get(WORKER_HOSTNAME_VAR) or socket.getfqdn()
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -68,31 +91,76 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``: Airflow puts each task runner in a group of its own."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) != sid:
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if stat.rpartition(")")[2].split()[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of a session until none is left (a dying parent may still fork)."""
+    for _ in range(50):
+        members = _session_members(sid)
+        if not members:
+            return
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    log.warning("session %s still has processes after SIGKILL: %s", sid, _session_members(sid))
+
+
 @dataclass
 class Managed:
-    """A subprocess started in its own process group, with its output in a log file."""
+    """A subprocess started in its own session (and process group), with its output in a log file."""
 
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
     stop_signal: int = signal.SIGTERM
+    log_offset: int = 0
+    """Where this process's output starts in its log (a restarted component appends to the same file)."""
+
+    def output(self) -> str:
+        """What this process has written to its log so far."""
+        with self.log_path.open("rb") as log_file:
+            log_file.seek(self.log_offset)
+            return log_file.read().decode(errors="replace")
 
     def alive(self) -> bool:
         """Whether the process still runs."""
         return self.process.poll() is None
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Signal the whole process group, wait, then kill whatever is left of it."""
-        pgid = self.process.pid  # start_new_session=True: the leader's pid is the group id
+    def signal_stop(self) -> None:
+        """Send the stop signal to the whole process group (then :meth:`stop` waits)."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, self.stop_signal)
+            # start_new_session=True: the leader's pid is the group and session id
+            os.killpg(self.process.pid, self.stop_signal)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Signal the whole process group, wait, then kill whatever is left of its session."""
+        self.signal_stop()
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0f s; killing its process group", self.name, timeout)
-        # Children (executor workers, task processes) may outlive the leader: kill the group regardless.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+            log.warning("%s did not stop in %.0f s; killing its session", self.name, timeout)
+        # Children (executor workers, task runners in groups of their own) may outlive the leader.
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the leader and every process of its session at once, as when its machine dies."""
+        _kill_session(self.process.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
 
@@ -106,6 +174,7 @@ def _spawn(
     user: str | None = None,
     stop_signal: int = signal.SIGTERM,
 ) -> Managed:
+    offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as out:
         # Fixed commands of this harness (the PostgreSQL binaries, this interpreter running Airflow).
         process = subprocess.Popen(
@@ -117,7 +186,7 @@ def _spawn(
             start_new_session=True,
             user=user,
         )
-    return Managed(name, process, log_path, stop_signal)
+    return Managed(name, process, log_path, stop_signal, offset)
 
 
 def _wait_for(what: str, check: Callable[[], bool], timeout: float, logs: Iterable[Managed] = ()) -> None:
@@ -201,18 +270,25 @@ class Postgres:
             entry = pwd.getpwnam(self._os_user)
             os.chown(sockets, entry.pw_uid, entry.pw_gid)
         self.port = free_port()
+        self._start_server()
+        self._run(
+            str(PG_BIN / "createdb"), "-h", str(sockets), "-p", str(self.port), "-U", self.user, self.database
+        )
+        return self
+
+    def _start_server(self) -> None:
         self._server = _spawn(
             "postgres",
             [
                 str(PG_BIN / "postgres"),
                 "-D",
-                str(data),
+                str(self.dir / "data"),
                 "-h",
                 "127.0.0.1",
                 "-p",
                 str(self.port),
                 "-k",
-                str(sockets),
+                str(self.dir / "sockets"),
                 "-c",
                 "fsync=off",
                 "-c",
@@ -227,10 +303,20 @@ class Postgres:
             stop_signal=signal.SIGINT,  # PostgreSQL's "fast" shutdown
         )
         _wait_for("PostgreSQL", self._ready, 60, [self._server])
-        self._run(
-            str(PG_BIN / "createdb"), "-h", str(sockets), "-p", str(self.port), "-U", self.user, self.database
-        )
-        return self
+
+    def restart(self, down: float = 0.0) -> float:
+        """
+        Restart the server as an operator would (fast shutdown: every client connection is cut, open
+        transactions roll back), ``down`` seconds without a server, then start it on the same port and
+        data. Returns how long the database was unreachable.
+        """
+        if self._server is None:
+            raise ClusterError("PostgreSQL is not running")
+        started = time.monotonic()
+        self._server.stop(timeout=60)
+        time.sleep(down)
+        self._start_server()
+        return time.monotonic() - started
 
     def _ready(self) -> bool:
         result = subprocess.run(
@@ -239,6 +325,83 @@ class Postgres:
             check=False,
         )
         return result.returncode == 0
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self.dir != Path() and self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# Redis (the Celery broker)
+# --------------------------------------------------------------------------------------------------
+
+
+class Redis:
+    """
+    A throwaway Redis server (Debian's ``redis-server``): 127.0.0.1 at a free port, no persistence (no
+    RDB snapshots, no append-only file), its working directory a temporary one.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.dir = Path()
+        self._server: Managed | None = None
+
+    @property
+    def url(self) -> str:
+        """Celery broker URL (database 0)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers PING."""
+        if not redis_available():
+            raise ClusterError(f"redis-server not found at {REDIS_SERVER} (`make redis` installs it)")
+        self.dir = Path(tempfile.mkdtemp(prefix="cmdb-redis-"))
+        self.port = free_port()
+        self._server = _spawn(
+            "redis",
+            [
+                str(REDIS_SERVER),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--protected-mode",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--daemonize",
+                "no",
+            ],
+            self.dir / "redis.log",
+        )
+        _wait_for("Redis", self._ready, 30, [self._server])
+        return self
+
+    def _ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
 
     def stop(self) -> None:
         """Stop the server and remove its directory."""
@@ -435,13 +598,27 @@ class AirflowApi:
 # --------------------------------------------------------------------------------------------------
 
 
-def cluster_env(base: Mapping[str, str], home: Path, sql_alchemy_conn: str, api_port: int) -> dict[str, str]:
+def cluster_env(
+    base: Mapping[str, str],
+    home: Path,
+    sql_alchemy_conn: str,
+    api_port: int,
+    *,
+    executor: str = "LocalExecutor",
+    broker_url: str | None = None,
+) -> dict[str, str]:
     """
     ``base`` (e.g. :func:`sandbox.airflow_env`, with the connection and Variable as ``AIRFLOW_CONN_*`` and
-    ``AIRFLOW_VAR_*``, as docker-compose.yaml passes them) made into a LocalExecutor cluster on PostgreSQL.
+    ``AIRFLOW_VAR_*``, as docker-compose.yaml passes them) made into a cluster on PostgreSQL: LocalExecutor,
+    or ``executor="CeleryExecutor"`` with ``broker_url`` (a :class:`Redis`) and the metadata database as
+    the result backend, as docker-compose.yaml sets them.
     """
     from cryptography.fernet import Fernet
 
+    if executor not in ("LocalExecutor", "CeleryExecutor"):
+        raise ValueError(f"executor must be LocalExecutor or CeleryExecutor, not {executor!r}")
+    if (executor == "CeleryExecutor") != (broker_url is not None):
+        raise ValueError("broker_url is required with the CeleryExecutor, and only with it")
     env = dict(base)
     env.update(
         {
@@ -451,7 +628,7 @@ def cluster_env(base: Mapping[str, str], home: Path, sql_alchemy_conn: str, api_
             # project does not install. Nothing these tests call uses it (only the dag-run "wait"
             # endpoint, multi-team lookups and the task state store do): point it at an unused SQLite file.
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": f"sqlite+aiosqlite:///{home}/async-engine-unused.db",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": "6",
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
@@ -476,6 +653,15 @@ def cluster_env(base: Mapping[str, str], home: Path, sql_alchemy_conn: str, api_
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         }
     )
+    if broker_url is not None:
+        env.update(
+            {
+                "AIRFLOW__CELERY__BROKER_URL": broker_url,
+                # With the driver named: SQLAlchemy 2.1's default for postgresql:// is psycopg 3, which
+                # this project does not install (the metadata database's URL names psycopg2 too).
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{sql_alchemy_conn}",
+            }
+        )
     return env
 
 
@@ -490,11 +676,16 @@ class AirflowCluster:
     api: AirflowApi = field(init=False)
     timings: dict[str, float] = field(default_factory=dict)
 
+    commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    """Each component's command line and environment, to restart it as it was."""
+
     def __post_init__(self) -> None:
         self.api = AirflowApi(f"http://127.0.0.1:{self.api_port}")
 
-    def _airflow(self, name: str, *args: str) -> Managed:
-        return _spawn(name, [sys.executable, "-m", "airflow", *args], self.workdir / f"{name}.log", self.env)
+    def _airflow(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Managed:
+        cmd, full_env = [sys.executable, "-m", "airflow", *args], {**self.env, **(env or {})}
+        self.commands[name] = (cmd, full_env)
+        return _spawn(name, cmd, self.workdir / f"{name}.log", full_env)
 
     def migrate(self) -> Managed:
         """Start ``airflow db migrate`` (wait with :meth:`wait_migrated`)."""
@@ -536,6 +727,74 @@ class AirflowCluster:
         self.timings["start"] = time.monotonic() - started
         return self
 
+    def start_worker(self, name: str, concurrency: int = 2) -> Managed:
+        """
+        ``airflow celery worker`` as if on a machine of its own called ``name``: Celery node ``name@<host>``,
+        task instances reporting ``name`` as their hostname, no log server (the API server reads task logs
+        from the shared log folder). Wait for it with :meth:`wait_worker`.
+        """
+        hostname = self.worker_node(name)
+        managed = self._airflow(
+            name,
+            "celery",
+            "worker",
+            "--celery-hostname",
+            hostname,
+            "--concurrency",
+            str(concurrency),
+            "--skip-serve-logs",
+            env={
+                WORKER_HOSTNAME_VAR: name,
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+            },
+        )
+        self.processes.append(managed)
+        return managed
+
+    @staticmethod
+    def worker_node(name: str) -> str:
+        """The Celery node name of worker ``name``."""
+        return f"{name}@{socket.gethostname()}"
+
+    def wait_worker(self, name: str, timeout: float = 180) -> None:
+        """Wait until worker ``name`` consumes from the broker (Celery logs ``<node> ready.``)."""
+        managed = self.component(name)
+        ready = f"{self.worker_node(name)} ready."
+
+        def logged() -> bool:
+            return ready in managed.output()
+
+        _wait_for(f"worker {name}", logged, timeout, [managed])
+
+    def component(self, name: str) -> Managed:
+        """The running component ``name`` (``scheduler``, ``dag-processor``, ``api-server`` or a worker)."""
+        for managed in self.processes:
+            if managed.name == name:
+                return managed
+        raise ClusterError(f"no component {name!r} running: {[m.name for m in self.processes]}")
+
+    def kill(self, name: str) -> Managed:
+        """SIGKILL every process of component ``name`` at once (as when its machine dies); forget it."""
+        managed = self.component(name)
+        managed.kill()
+        self.processes.remove(managed)
+        log.warning("killed %s (pid %s)", name, managed.process.pid)
+        return managed
+
+    def restart(self, name: str) -> Managed:
+        """Start component ``name`` again with its command and environment (killing what is left of it)."""
+        for managed in [m for m in self.processes if m.name == name]:
+            managed.kill()
+            self.processes.remove(managed)
+        cmd, env = self.commands[name]
+        managed = _spawn(name, cmd, self.workdir / f"{name}.log", env)
+        self.processes.append(managed)
+        return managed
+
+    def exited(self) -> list[str]:
+        """Components that have exited by themselves."""
+        return [m.name for m in self.processes if not m.alive()]
+
     def _api_up(self) -> bool:
         with urllib.request.urlopen(f"{self.api.base_url}/api/v2/monitor/health", timeout=5) as response:  # noqa: S310
             return response.status == 200
@@ -561,8 +820,36 @@ class AirflowCluster:
         """The tails of every component's log (for failure messages)."""
         return "\n".join(f"--- {m.name}\n{_tail(m.log_path, lines)}" for m in self.processes)
 
+    def explain(self, dag_id: str, run_id: str, lines: int = 30) -> str:
+        """
+        Why a run is where it is (for failure messages): its state, every task instance's state, try and
+        host, the log tails of the failed ones' last tries, then the components' log tails.
+        """
+        parts = []
+        try:
+            parts.append(f"run {run_id}: {self.api.run(dag_id, run_id)['state']}")
+            tis = self.api.task_instances(dag_id, run_id)
+            for ti in tis:
+                parts.append(
+                    f"  {ti['task_id']}[{ti['map_index']}] {ti['state']} try {ti['try_number']} "
+                    f"on {ti['hostname']}"
+                )
+            for ti in tis:
+                if ti["state"] in ("failed", "up_for_retry", "upstream_failed") and ti["try_number"]:
+                    text = self.api.task_log(dag_id, run_id, ti["task_id"], ti["try_number"], ti["map_index"])
+                    tail = "\n".join(text.splitlines()[-lines:])
+                    parts.append(
+                        f"--- log of {ti['task_id']}[{ti['map_index']}] try {ti['try_number']}\n{tail}"
+                    )
+        except Exception as err:  # the API may be what is broken
+            parts.append(f"(the API could not say: {err!r})")
+        parts.append(self.logs(lines))
+        return "\n".join(parts)
+
     def stop(self) -> None:
-        """Stop every component (its whole process group), last started first."""
+        """Stop every component at once (each whole session), then wait for each, last started first."""
+        for managed in self.processes:
+            managed.signal_stop()
         while self.processes:
             self.processes.pop().stop()
 
@@ -620,10 +907,10 @@ class Org:
     raw moto URL, so that the gateway's call log only holds the DAG's calls.
     """
 
-    def __init__(self, gateway_url: str, moto_url: str) -> None:
+    def __init__(self, gateway_url: str, moto_url: str, world: Any = None) -> None:
         self.gateway_url = gateway_url
         self.moto_url = moto_url
-        self.world = small_world()
+        self.world = world if world is not None else small_world()
         self.seeded: dict[str, Any] = {}
         self.inbox: list[str] = []
         self._clients: dict[str, Any] = {}

@@ -218,7 +218,7 @@ def test_merge_writes_parquet_symlinks_and_latest_and_removes_them_when_turned_o
     parquet_link = f"{PREFIX}/athena/ec2_inventory_parquet/ds={DS}/symlink.txt"
     assert manifest["athena"] == {"csv_symlink_key": csv_link, "parquet_symlink_key": parquet_link}
     assert get(store, csv_link) == f"s3://{BUCKET}/{csv_key}\n".encode()
-    assert get(store, parquet_link) == f"s3://{BUCKET}/{entry['key']}\n".encode()
+    assert get(store, parquet_link) == f"s3://{BUCKET}/{parquet_key}\n".encode()  # the fixed-name copy
     assert get(store, entry["key"]) == body
     assert get(store, layout.latest(PARQUET_NAME)) == body
 
