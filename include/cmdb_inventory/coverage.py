@@ -28,6 +28,10 @@ STATUSES = (
     NOT_REQUESTED,
 )
 
+# The account's session was refused as expired although its own expiry time is ahead (revoked, clock
+# skew): the scan assumes the role again and scans the region once more.
+EXPIRED_SESSION_CODES = frozenset({"ExpiredToken", "ExpiredTokenException"})
+
 DISABLED_CODES = {"AuthFailure", "OptInRequired", "InvalidClientTokenId", "UnrecognizedClientException"}
 DENIED_CODES = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "UnauthorizedAccess"}
 THROTTLE_CODES = {

@@ -7,7 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from include.cmdb_inventory.coverage import OK, ROLE_NOT_ASSUMABLE, error_of, region_status_of
+from include.cmdb_inventory.coverage import (
+    EXPIRED_SESSION_CODES,
+    OK,
+    ROLE_NOT_ASSUMABLE,
+    error_of,
+    region_status_of,
+)
 from include.cmdb_inventory.records import Record, instance_record
 from include.cmdb_inventory.regions import plan_regions
 
@@ -93,11 +99,26 @@ def scan_account(
     log.info("Account %s: scanning %d regions (%s)", account.label, len(plan.scan), plan.source)
 
     def one(region: str) -> tuple[str, list[Record] | None, dict[str, str] | None]:
-        try:
-            client = hook.client("ec2", region)
-            return region, scan_region(client, account.id, account.name, region, states, collected_at), None
-        except Exception as err:
-            return region, None, error_of(err)
+        for attempt in (1, 2):
+            try:
+                session = hook.session_key()
+                client = hook.client("ec2", region)
+                return (
+                    region,
+                    scan_region(client, account.id, account.name, region, states, collected_at),
+                    None,
+                )
+            except Exception as err:
+                error = error_of(err)
+                if attempt == 1 and error["code"] in EXPIRED_SESSION_CODES:
+                    # A region's scan is a fresh paginated listing: scanning it again loses nothing.
+                    log.warning(
+                        "Account %s region %s: %s; renewing the session", account.label, region, error["code"]
+                    )
+                    hook.renew_session(session)
+                    continue
+                return region, None, error
+        raise AssertionError("unreachable: the loop always returns")
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(plan.scan) or 1))) as pool:
         outcomes = list(pool.map(one, plan.scan))

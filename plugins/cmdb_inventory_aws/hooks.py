@@ -319,6 +319,7 @@ class CrossAccountHook(AwsBaseHook):
         self.ec2_operations = frozenset(ec2_operations) if ec2_operations else None
         self._clients: dict[tuple[str, str], BaseClient] = {}
         self.assume_role_count = 0  # AssumeRole calls of this hook: the first, then each refresh
+        self._renew_lock = threading.Lock()
 
     @property
     def hub_region(self) -> str:
@@ -411,6 +412,27 @@ class CrossAccountHook(AwsBaseHook):
                 f"({CHAINED_ROLE_MAX_SECONDS} s); use at most {CHAINED_ROLE_MAX_SECONDS}"
             )
 
+    def session_key(self) -> str:
+        """The access key id of the account's current session (to tell sessions apart, never logged)."""
+        return str(self.credentials.get_frozen_credentials().access_key)
+
+    def renew_session(self, stale_key: str) -> bool:
+        """
+        AWS answered ``ExpiredToken`` for the session whose key is ``stale_key`` before its own expiry
+        time (revoked, clock skew): assume the role again now and sign every client of the account with
+        the new session. Threads that saw the same session renew it once; say whether this call did.
+        """
+        with self._renew_lock:
+            if self.session_key() != stale_key:
+                return False  # another region's thread renewed it already
+            self.log.warning("Session of %s expired early; assuming the role again", self.target_role_arn)
+            fresh = self._refreshing_credentials()
+            self.__dict__["credentials"] = fresh
+            with _CLIENT_LOCK:
+                for client in self._clients.values():
+                    sign_with(client, fresh)
+            return True
+
     @instance_cached_property
     def credentials(self) -> Credentials:
         """
@@ -419,6 +441,9 @@ class CrossAccountHook(AwsBaseHook):
         ``AwsBaseHook`` and botocore's own ``AssumeRoleProvider`` do), so a scan that outlives its session
         goes on. Every client of the account signs with this one object.
         """
+        return self._refreshing_credentials()
+
+    def _refreshing_credentials(self) -> RefreshableCredentials:
         guard_botocore_logs()
         self.check_session_duration()
         advisory, mandatory = refresh_windows(self.duration_seconds)

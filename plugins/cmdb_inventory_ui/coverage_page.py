@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from include.cmdb_inventory import coverage
+from include.cmdb_inventory.storage import CSV_NAME
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -260,7 +261,11 @@ def build_model(
         if status not in STATUS_INFO
     ]
 
+    # The manifest commits its run's own CSV (csv_key); the CMDB team imports the date's fixed-name copy,
+    # so that is the URI and console link shown, while the download serves what the manifest committed.
     csv_key = text(manifest.get("csv_key"))
+    ds = text(manifest.get("ds"), 64)
+    shown_key = f"{prefix}/ds={ds}/{CSV_NAME}" if manifest.get("commit_prefix") and ds else csv_key
     changes = _changes(manifest.get("changes"))
     if changes is not None:
         offered = changes["compared"] and _under(changes["key"], prefix)
@@ -289,9 +294,9 @@ def build_model(
             "fetched_at": fetched_at,
         },
         "csv": {
-            "uri": text(manifest.get("csv_uri")) or (f"s3://{bucket}/{csv_key}" if csv_key else ""),
+            "uri": f"s3://{bucket}/{shown_key}" if shown_key else "",
             "key": csv_key,
-            "console_url": console_url(bucket, csv_key, region) if csv_key else None,
+            "console_url": console_url(bucket, shown_key, region) if shown_key else None,
             "download": "download/inventory" if _under(csv_key, prefix) else None,
         },
         "totals": totals,

@@ -460,3 +460,22 @@ def test_a_session_longer_than_the_role_allows_is_refused_for_good_without_retri
     assert "session_duration_seconds=7200" in str(excinfo.value)
     assert len(attempts) == 1
     assert no_retry_delay == []
+
+
+def test_a_session_refused_as_expired_is_renewed_once_for_every_thread_and_client() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    hook = CrossAccountHook(account_id=TARGET)
+    calls = assume_role_calls(hook)
+    clients = [hook.client("ec2", region) for region in ("eu-west-1", "us-east-1", "us-west-2")]
+    stale = hook.session_key()
+    # Every region's thread saw ExpiredToken for the same session: one AssumeRole renews it for all.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        renewed = list(pool.map(lambda _: hook.renew_session(stale), range(3)))
+    assert sorted(renewed) == [False, False, True]
+    assert len(calls) == 2
+    fresh = hook.session_key()
+    assert fresh != stale
+    for client in clients:
+        assert client._request_signer._credentials.get_frozen_credentials().access_key == fresh
+    assert hook.renew_session(stale) is False  # a late thread with the old key renews nothing
