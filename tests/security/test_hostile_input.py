@@ -222,6 +222,12 @@ class StubHook:
     def assume(self) -> str:
         return f"arn:aws:iam::{self.account_id}:role/CMDBDiscovery"
 
+    def session_key(self) -> str:
+        return "stub-session"
+
+    def renew_session(self, stale_key: str) -> bool:
+        raise AssertionError("no session expires here")
+
     def client(self, service: str, region: str) -> StubEc2:
         return self.ec2
 

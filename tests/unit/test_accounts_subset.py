@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from include.cmdb_inventory import coverage, inventory, notify
 from include.cmdb_inventory.config import Account, ConfigError, Settings, parse_settings
@@ -40,25 +38,6 @@ C = Account("333333333333", "Production")
 OUTSIDE, OTHER_OUTSIDE = "999999999999", "888888888888"
 DS = "2026-11-20"
 _MANAGEMENT_IDS = itertools.count(910000000001)
-
-
-@pytest.fixture(scope="module")
-def mocked_aws() -> Iterator[None]:
-    """moto's in-process AWS with dummy credentials, once per module."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-        }.items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            patch.delenv(name, raising=False)
-        with mock_aws():
-            yield
 
 
 @pytest.fixture

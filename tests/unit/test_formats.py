@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +11,6 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moto import mock_aws
 
 from include.cmdb_inventory import coverage, formats, inventory
 from include.cmdb_inventory.config import Account, parse_settings
@@ -136,23 +134,6 @@ def test_a_csv_with_other_columns_is_refused() -> None:
 
 
 # --- through merge_inventory, on moto's S3 ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mocked_aws() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-        }.items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-            patch.delenv(name, raising=False)
-        with mock_aws():
-            yield
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ import csv
 import hashlib
 import io
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from include.cmdb_inventory import coverage, inventory
 from include.cmdb_inventory.config import Account, Settings, parse_settings
@@ -29,25 +28,6 @@ DS = "2024-03-01"
 ISO_UTC_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 RegionPlan = Mapping[str, int | tuple[str, str]]  # region -> instance count, or (status, error code)
-
-
-@pytest.fixture(scope="module")
-def mocked_aws() -> Iterator[None]:
-    """moto's in-process AWS with dummy credentials, once per module (starting it per test is slow)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-        }.items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            patch.delenv(name, raising=False)
-        with mock_aws():
-            yield
 
 
 @pytest.fixture

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from include.cmdb_inventory import organizations
 from include.cmdb_inventory.config import Account, ConfigError, parse_settings
@@ -19,25 +17,6 @@ from include.cmdb_inventory.storage import SnapshotStore
 REGION = "us-east-1"
 BUCKET = "cmdb-org-tests"
 _MANAGEMENT_IDS = itertools.count(900000000001)
-
-
-@pytest.fixture(scope="module")
-def mocked_aws() -> Iterator[None]:
-    """moto's in-process AWS with dummy credentials, once per module."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-        }.items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
-            patch.delenv(name, raising=False)
-        with mock_aws():
-            yield
 
 
 class Org:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from include.cmdb_inventory import coverage, inventory
 from include.cmdb_inventory.changes import CHANGE_COLUMNS, CHANGES_NAME, find_previous, snapshot_dates
@@ -27,24 +26,6 @@ Y = Account("333333333333", "testing")
 ACCOUNTS = (X, Y)
 
 Servers = Mapping[str, Sequence[tuple[str, str, str]]]  # region -> (instance id, name, state)
-
-
-@pytest.fixture(scope="module")
-def mocked_aws() -> Iterator[None]:
-    """moto's in-process AWS with dummy credentials, once per module."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-        }.items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-            patch.delenv(name, raising=False)
-        with mock_aws():
-            yield
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from include.cmdb_inventory.records import COLUMNS, Record
 from include.cmdb_inventory.storage import (
@@ -45,25 +43,6 @@ RUN_MANUAL = "manual__2024-03-01T06:12:33.123456+00:00"
 MIB = 1024 * 1024
 
 WRITE_OPS = {"PutObject", "CopyObject", "CreateMultipartUpload"}
-
-
-@pytest.fixture(scope="module")
-def mocked_aws() -> Iterator[None]:
-    """moto's in-process AWS with dummy credentials, once per module (starting it per test is slow)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-        }.items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            patch.delenv(name, raising=False)
-        with mock_aws():
-            yield
 
 
 @pytest.fixture
