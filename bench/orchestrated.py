@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import DS, Measured, s3_client
+from bench.scenarios import DS, Measured, others, s3_client
 from bench.servers import Emulator
 from bench.world import Seeded, verify_csv
 from include.cmdb_inventory import emulator, sandbox
@@ -99,6 +99,8 @@ def run_orchestrated(
                 emu.set_latency(latency_ms)
                 emu.reset_calls()
                 pids = [m.process.pid for m in cluster.processes]
+                database = getattr(getattr(pg, "_server", None), "process", None)
+                pids += [database.pid] if database is not None else []  # Airflow's PostgreSQL too
                 cpu0, gw0 = tree_cpu(pids), emu.cpu()
                 t0 = time.perf_counter()
                 run = api.trigger(DAG_ID, logical_date=f"{DS}T02:00:00Z", conf={"overwrite": True})
@@ -149,6 +151,7 @@ def run_orchestrated(
             "by_action": stats["by_action"],
             "assume_role_by_role": stats["assume_role_by_role"],
             "task_states": states,
+            **others(gw0, gw1, cpu1 - cpu0),
         },
     )
 

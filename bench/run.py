@@ -41,6 +41,7 @@ class Profile:
     merge_parts: int  # parts of 1,000 rows (the merge is measured at 10% and 100% of them)
     parse_repeats: int
     mapping_accounts: int = 0  # 0: skip; else a run expanding this many accounts (> max_map_length)
+    engine_repeats: int = 3  # the latency world's engine runs: the median of this many counts
     concurrency: int = 16
     latency_ms: float = 100.0
     baseline_at_zero: bool = True
@@ -77,6 +78,7 @@ PROFILES: dict[str, Profile] = {
         concurrency=2,
         latency_ms=20.0,
         baseline_at_zero=False,
+        engine_repeats=1,
     ),
 }
 
@@ -133,7 +135,9 @@ def run_profile(profile: Profile, only: set[str] | None = None) -> dict[str, Any
                     )
                     with step(f"engine {part.spec.label} at {latency:g} ms"):
                         results["runs"].append(
-                            scenarios.run_engine(emu, part, latency, profile.concurrency).to_dict()
+                            scenarios.run_engine_repeated(
+                                emu, part, latency, profile.concurrency, profile.engine_repeats
+                            ).to_dict()
                         )
                     if latency or profile.baseline_at_zero:
                         with step(f"baseline {part.spec.label} at {latency:g} ms"):

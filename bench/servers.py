@@ -47,6 +47,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds the whole machine has been busy (every core, every process) and stolen by its host."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+    return {"machine_busy": float(busy), "machine_steal": float(t.steal)}
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (a measured subprocess, imports included)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
 def bench_env(**extra: str) -> dict[str, str]:
     """Environment of the benchmark's child processes: this repo importable, loopback only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
@@ -184,10 +201,14 @@ class Emulator:
         self._control("POST", "/reset")
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far of moto's server and of the gateway."""
+        """CPU seconds so far of moto's server and of the gateway, and of the whole machine (busy, steal)."""
         if self.moto is None or self.gateway is None:
             raise RuntimeError("the emulator is not started")
-        return {"moto": cpu_seconds(self.moto.pid), "gateway": cpu_seconds(self.gateway.pid)}
+        return {
+            "moto": cpu_seconds(self.moto.pid),
+            "gateway": cpu_seconds(self.gateway.pid),
+            **machine_cpu(),
+        }
 
 
 def _serve_moto(port: int) -> None:

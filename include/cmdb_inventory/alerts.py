@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -13,6 +14,7 @@ from airflow.sdk import BaseNotifier, DeadlineAlert, DeadlineReference, SyncCall
 log = logging.getLogger(__name__)
 
 DEADLINE_NAME = "cmdb_ec2_inventory not finished"
+TOPIC_ARN_RE = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
 
 
 def _account_of(context: dict[str, Any]) -> str:
@@ -101,6 +103,8 @@ def deadline_alert(minutes: float, topic_arn: str | None = None) -> DeadlineAler
     :param topic_arn: the topic of the alert, fixed when the DAG is parsed (deadline callbacks cannot
         read Variables from the metadata database); None falls back to the Variable's ``sns_topic_arn``
     """
+    if topic_arn and not TOPIC_ARN_RE.fullmatch(topic_arn):
+        raise ValueError(f"CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN is not an SNS topic ARN: {topic_arn!r}")
     if minutes <= 0 or running_dags_test():
         return None
     return DeadlineAlert(

@@ -127,3 +127,11 @@ def test_zero_minutes_turns_the_alert_off() -> None:
     assert alerts.deadline_alert(0) is None
     assert alerts.deadline_alert(-1) is None
     assert alerts.deadline_alert(30) is not None
+
+
+def test_a_parse_time_topic_that_is_no_topic_arn_is_refused_naming_the_setting() -> None:
+    with pytest.raises(
+        ValueError, match="CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN is not an SNS topic ARN: 'cmdb'"
+    ):
+        alerts.deadline_alert(240, "cmdb")
+    assert alerts.deadline_alert(240, TOPIC) is not None
