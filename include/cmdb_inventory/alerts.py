@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -11,10 +12,13 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier, DeadlineAlert, DeadlineReference, SyncCallback
 
+from include.cmdb_inventory.text import SNS_SUBJECT_LIMIT, clean
+
 log = logging.getLogger(__name__)
 
 DEADLINE_NAME = "cmdb_ec2_inventory not finished"
-TOPIC_ARN_RE = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?")
+# Standard topics only: the notifications are published without a MessageGroupId, which FIFO topics need.
+TOPIC_ARN_RE = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}")
 
 
 def _account_of(context: dict[str, Any]) -> str:
@@ -70,7 +74,7 @@ class TaskFailureNotifier(BaseNotifier):
                 aws_conn_id=settings.aws_conn_id,
                 target_arn=settings.sns_topic_arn,
                 message=text,
-                subject=f"cmdb_ec2_inventory: {task_id} failed"[:100],
+                subject=clean(f"cmdb_ec2_inventory: {task_id} failed", SNS_SUBJECT_LIMIT - 1),
                 region_name=settings.hub_region,
             ).notify(context)
         except Exception:
@@ -103,8 +107,18 @@ def deadline_alert(minutes: float, topic_arn: str | None = None) -> DeadlineAler
     :param topic_arn: the topic of the alert, fixed when the DAG is parsed (deadline callbacks cannot
         read Variables from the metadata database); None falls back to the Variable's ``sns_topic_arn``
     """
+    topic_arn = (topic_arn or "").strip() or None
     if topic_arn and not TOPIC_ARN_RE.fullmatch(topic_arn):
-        raise ValueError(f"CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN is not an SNS topic ARN: {topic_arn!r}")
+        # An optional setting must not stop the nightly run: the DAG parses, the alert uses the Variable's.
+        log.error(
+            "CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN is not a standard SNS topic ARN, ignored: %r", topic_arn
+        )
+        topic_arn = None
+    if not math.isfinite(minutes):
+        log.error(
+            "CMDB_EC2_INVENTORY_DEADLINE_MINUTES is not a finite number (%r): no deadline alert", minutes
+        )
+        return None
     if minutes <= 0 or running_dags_test():
         return None
     return DeadlineAlert(
@@ -138,11 +152,12 @@ def queued_after_deadline(dag_run: dict[str, Any], deadline: dict[str, Any]) -> 
 
 def deadline_message(dag_run: dict[str, Any], deadline: dict[str, Any], minutes: float) -> str:
     """The text of a missed-deadline alert: which run, its state now, and when it was due."""
+    run = {k: clean(dag_run.get(k) or "-") for k in ("dag_run_id", "logical_date", "queued_at", "state")}
     return (
-        f"cmdb_ec2_inventory: run {dag_run.get('dag_run_id', '?')} has not finished by its deadline.\n"
-        f"Logical date: {dag_run.get('logical_date') or '-'}; queued at {dag_run.get('queued_at') or '-'}; "
-        f"state now: {dag_run.get('state', '?')}.\n"
-        f"Deadline: {deadline.get('deadline_time', '?')} ({minutes:g} minutes after the logical date).\n"
+        f"cmdb_ec2_inventory: run {run['dag_run_id']} has not finished by its deadline.\n"
+        f"Logical date: {run['logical_date']}; queued at {run['queued_at']}; state now: {run['state']}.\n"
+        f"Deadline: {clean(deadline.get('deadline_time', '?'))} "
+        f"({minutes:g} minutes after the logical date).\n"
         "The CMDB's CSV for this date may be missing or incomplete: check the run in the Airflow UI."
     )
 
@@ -190,6 +205,9 @@ def deadline_missed(context: dict[str, Any], minutes: float = 0.0, topic_arn: st
     SnsHook(aws_conn_id=conn_id, region_name=region).publish_to_target(
         target_arn=topic,
         message=text,
-        subject=f"cmdb_ec2_inventory: run {dag_run.get('dag_run_id', '?')} missed its deadline"[:100],
+        subject=clean(
+            f"cmdb_ec2_inventory: run {dag_run.get('dag_run_id', '?')} missed its deadline",
+            SNS_SUBJECT_LIMIT - 1,
+        ),
     )
     log.warning("Deadline missed; alerted %s:\n%s", topic, text)

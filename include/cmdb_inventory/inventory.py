@@ -444,8 +444,10 @@ def _publish(store: SnapshotStore, snapshot: Mapping[str, Any], *, latest: bool)
             _place(store, entry, layout.latest(entry["name"]))
         store.put_json(layout.latest(MANIFEST_NAME), snapshot)
     if snapshot.get("commit_prefix"):
-        own = f"{snapshot['commit_prefix']}/"
-        store.delete_keys(k for k in store.list_keys(layout.commits(ds)) if not k.startswith(own))
+        kept = tuple(
+            f"{p}/" for p in (snapshot["commit_prefix"], snapshot.get("replaces_commit_prefix")) if p
+        )
+        store.delete_keys(k for k in store.list_keys(layout.commits(ds)) if not k.startswith(kept))
     _place(store, last, layout.snapshot(ds, last["name"]))
 
 
@@ -573,6 +575,9 @@ def merge_inventory(
         # The run's objects under its own commit folder first (a failed attempt changes nothing a reader of
         # the manifest sees), then the manifest, which commits them, then the fixed-name copies.
         _commit(settings, run, store, manifest, parts)
+        # The snapshot this one replaces keeps its objects until the date's next commit: a reader who
+        # resolved the old manifest a moment ago can still fetch what it names.
+        manifest["replaces_commit_prefix"] = (existing or {}).get("commit_prefix")
         store.put_json(manifest_key, manifest)
         log.info("Committed %s (%d rows): %s", manifest["csv_uri"], row_count, reason)
     else:
@@ -585,7 +590,12 @@ def merge_inventory(
         latest_doc = store.get_document(layout.latest(MANIFEST_NAME))
         unusable += _unusable(store, latest_doc)
         latest = latest_doc.body
-        newer = latest is None or str(latest.get("ds", "")) < run.ds
+        if latest is None and latest_doc.unusable:
+            # latest/ has a snapshot, but its manifest is unusable: only the newest date may take it over,
+            # so latest/ never moves back to an older date.
+            newer = run.ds >= max(changes.snapshot_dates(store), default=run.ds)
+        else:
+            newer = latest is None or str(latest.get("ds", "")) < run.ds
         identity = ("dag_run_id", "csv_sha256", "commit_id")
         stale = (
             latest is not None

@@ -115,7 +115,10 @@ def scan_account(
                     log.warning(
                         "Account %s region %s: %s; renewing the session", account.label, region, error["code"]
                     )
-                    hook.renew_session(session)
+                    try:
+                        hook.renew_session(session)
+                    except Exception as renewal:  # e.g. the role is no longer assumable: this region fails
+                        return region, None, error_of(renewal)
                     continue
                 return region, None, error
         raise AssertionError("unreachable: the loop always returns")

@@ -533,6 +533,11 @@ def decide_write(
         )
     if existing is None:
         return True, "no snapshot for this date yet" + (" (a subset: overwrite=true)" if subset else "")
+    own = run_id is not None and existing.get("dag_run_id") == run_id
+    if own and overwrite and new_rank[0] < snapshot_rank(existing)[0]:
+        # overwrite=true asks to replace other runs' snapshots, never this run's own complete attempt with
+        # an incomplete one (a cleared merge whose staging parts have expired would write an empty one).
+        return False, "this run's earlier attempt covered more; kept it"
     if overwrite:
         return True, "overwrite requested by the run's 'overwrite' param" + (
             " (a subset of the expected accounts: the manifest says so)" if subset else ""

@@ -506,13 +506,15 @@ class CrossAccountHook(AwsBaseHook):
     def client(self, service: str, region: str) -> BaseClient:
         """One client per (service, region), all from the one assumed session and one botocore session."""
         key = (service, region)
-        credentials = self.credentials
+        self.assume()  # the first AssumeRole happens outside the lock (other accounts' hooks share it)
         if service == "ec2" and self.ec2_operations:
             session = cut_botocore_session(self.ec2_operations)
         else:
             session = shared_botocore_session()
         with _CLIENT_LOCK:
             if key not in self._clients:
+                # Read under the lock that renew_session holds while it re-signs: never a stale session.
+                credentials = self.credentials
                 frozen = credentials.get_frozen_credentials()
                 client = session.create_client(
                     service,

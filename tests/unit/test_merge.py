@@ -774,12 +774,56 @@ def test_a_merge_killed_between_any_two_writes_leaves_each_snapshot_whole(
         assert_fixed_names_are_one_runs(s3, store, f"ds={ds}", committed)
         assert_fixed_names_are_one_runs(s3, store, "latest", committed)
         # Under the date, no other commit's objects are left by a merge that committed or finished copies
-        # (the replaced snapshot's, a killed attempt's); a merge that wrote nothing leaves a killed attempt's
-        # uncommitted objects (no manifest names them) to the date's next commit.
+        # (a killed attempt's, and any older than the snapshot this one replaced, which stays until the
+        # date's next commit for readers of the old manifest); a merge that wrote nothing leaves a killed
+        # attempt's uncommitted objects (no manifest names them) to the date's next commit.
         folders = {k.rsplit("/", 1)[0] for k in commit_objects(s3, ds)}
         assert committed["commit_prefix"] in folders, at
+        kept = {committed["commit_prefix"], committed.get("replaces_commit_prefix")} - {None}
         if retry == "same-run" or committed["dag_run_id"] == second.run_id:
-            assert folders == {committed["commit_prefix"]}, at
+            assert folders == kept, at
         else:
             attempted = {k.rsplit("/", 1)[0] for _, k in killer.writes if f"/ds={ds}/run=" in k}
-            assert folders <= {committed["commit_prefix"], *attempted}, (at, killer.writes)
+            assert folders <= {*kept, *attempted}, (at, killer.writes)
+
+
+def test_an_unusable_latest_manifest_never_moves_latest_back_to_an_older_date(
+    s3: Any, store: SnapshotStore
+) -> None:
+    settings = make_settings()
+    old, new = run_info(), run_info("scheduled__2024-03-05T00:00:00+00:00", ds="2024-03-05")
+    for run in (old, new):
+        report_all_ok(store, run)
+        merge_inventory(settings, run, store, expected_of(settings))
+    newest_csv = body(s3, f"{PREFIX}/latest/{CSV_NAME}")
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/latest/{MANIFEST_NAME}", Body=b'{"ds": "2024-03-0')
+
+    rerun = RunInfo(old.dag_id, old.run_id, old.ds, old.logical_date, try_number=2)
+    summary = merge_inventory(settings, rerun, store, expected_of(settings))
+    assert summary["latest_updated"] is False
+    assert body(s3, f"{PREFIX}/latest/{CSV_NAME}") == newest_csv  # still the newest date's
+    # The newest date's own rerun repairs latest/.
+    merge_inventory(
+        settings, RunInfo(new.dag_id, new.run_id, new.ds, new.logical_date, 2), store, expected_of(settings)
+    )
+    latest = store.get_json(f"{PREFIX}/latest/{MANIFEST_NAME}")
+    assert latest is not None
+    assert latest["ds"] == "2024-03-05"
+
+
+def test_overwrite_never_replaces_the_runs_own_better_attempt(s3: Any, store: SnapshotStore) -> None:
+    settings, run = make_settings(), run_info("manual__2024-03-01T09:00:00+00:00")
+    report_all_ok(store, run)
+    first = merge_inventory(settings, run, store, expected_of(settings), overwrite=True)
+    assert first["written"] is True
+    assert first["snapshot_complete"] is True
+    # The staging parts expired (the bucket's lifecycle rule); the run's merge is cleared and runs again.
+    store.delete_keys(store.list_keys(store.layout.staging(run.ds, run.run_id)))
+    again = RunInfo(run.dag_id, run.run_id, run.ds, run.logical_date, try_number=2)
+    summary = merge_inventory(settings, again, store, expected_of(settings), overwrite=True)
+    assert summary["written"] is False
+    assert "this run's earlier attempt covered more" in summary["decision_reason"]
+    manifest = store.get_json(f"{PREFIX}/ds={DS}/{MANIFEST_NAME}")
+    assert manifest is not None
+    assert manifest["complete"] is True
+    assert manifest["row_count"] == first["row_count"]
