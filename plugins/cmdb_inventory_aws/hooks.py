@@ -506,7 +506,7 @@ class CrossAccountHook(AwsBaseHook):
     def client(self, service: str, region: str) -> BaseClient:
         """One client per (service, region), all from the one assumed session and one botocore session."""
         key = (service, region)
-        self.assume()  # the first AssumeRole happens outside the lock (other accounts' hooks share it)
+        _ = self.credentials  # the first AssumeRole happens outside the lock (other accounts' hooks share it)
         if service == "ec2" and self.ec2_operations:
             session = cut_botocore_session(self.ec2_operations)
         else:
