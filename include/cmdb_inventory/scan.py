@@ -98,30 +98,26 @@ def scan_account(
     result.regions.extend({**s, "instances": 0} for s in plan.skipped)
     log.info("Account %s: scanning %d regions (%s)", account.label, len(plan.scan), plan.source)
 
+    def listing(region: str) -> list[Record]:
+        return scan_region(hook.client("ec2", region), account.id, account.name, region, states, collected_at)
+
     def one(region: str) -> tuple[str, list[Record] | None, dict[str, str] | None]:
-        for attempt in (1, 2):
-            try:
-                session = hook.session_key()
-                client = hook.client("ec2", region)
-                return (
-                    region,
-                    scan_region(client, account.id, account.name, region, states, collected_at),
-                    None,
-                )
-            except Exception as err:
-                error = error_of(err)
-                if attempt == 1 and error["code"] in EXPIRED_SESSION_CODES:
-                    # A region's scan is a fresh paginated listing: scanning it again loses nothing.
-                    log.warning(
-                        "Account %s region %s: %s; renewing the session", account.label, region, error["code"]
-                    )
-                    try:
-                        hook.renew_session(session)
-                    except Exception as renewal:  # e.g. the role is no longer assumable: this region fails
-                        return region, None, error_of(renewal)
-                    continue
-                return region, None, error
-        raise AssertionError("unreachable: the loop always returns")
+        session = ""
+        try:
+            session = hook.session_key()
+            return region, listing(region), None
+        except Exception as err:
+            error = error_of(err)
+        if error["code"] not in EXPIRED_SESSION_CODES:
+            return region, None, error
+        # The session was refused as expired: renew it once (for every region's thread) and list the region
+        # again; a region's scan is a fresh paginated listing, so scanning it again loses nothing.
+        log.warning("Account %s region %s: %s; renewing the session", account.label, region, error["code"])
+        try:
+            hook.renew_session(session)
+            return region, listing(region), None
+        except Exception as err:  # e.g. the role is no longer assumable, or expired again: this region fails
+            return region, None, error_of(err)
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(plan.scan) or 1))) as pool:
         outcomes = list(pool.map(one, plan.scan))

@@ -215,7 +215,37 @@ def _wait_for(what: str, check: Callable[[], bool], timeout: float, logs: Iterab
 # --------------------------------------------------------------------------------------------------
 
 
-class Postgres:
+class _ThrowawayServer:
+    """A server the tests start in a temporary directory; ``stop`` removes both."""
+
+    dir: Path
+    _server: Managed | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server and remove its directory."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self.dir != Path() and self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class Postgres(_ThrowawayServer):
     """
     A throwaway PostgreSQL server: ``initdb`` into a temporary directory (trust authentication), a unix
     socket in that directory, TCP on 127.0.0.1 at a free port. Runs as ``postgres`` when we are root
@@ -326,33 +356,13 @@ class Postgres:
         )
         return result.returncode == 0
 
-    def stop(self) -> None:
-        """Stop the server and remove its directory."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        if self.dir != Path() and self.dir.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 # --------------------------------------------------------------------------------------------------
 # Redis (the Celery broker)
 # --------------------------------------------------------------------------------------------------
 
 
-class Redis:
+class Redis(_ThrowawayServer):
     """
     A throwaway Redis server (Debian's ``redis-server``): 127.0.0.1 at a free port, no persistence (no
     RDB snapshots, no append-only file), its working directory a temporary one.
@@ -402,26 +412,6 @@ class Redis:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
-
-    def stop(self) -> None:
-        """Stop the server and remove its directory."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        if self.dir != Path() and self.dir.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _user_exists(name: str) -> bool:

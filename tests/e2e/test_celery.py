@@ -99,9 +99,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with AwsGateway(seed=12) as gateway, Postgres() as pg, Redis() as redis:
         org = Org(gateway.url, gateway.moto_url, world=celery_world())
         variable = {**emulator.demo_variable(org.world), "regions": REGIONS}
-        base = sandbox.airflow_env(home, emulator.demo_connection(gateway.url), variable)
         # A scan killed with its worker is retried after 1 s, not the shipped 120 s (doubling).
-        base["CMDB_EC2_INVENTORY_RETRY_DELAY_SECONDS"] = "1"
+        base = sandbox.airflow_env(
+            home, emulator.demo_connection(gateway.url), variable, knobs=sandbox.FAST_RETRIES
+        )
         port = sandbox.free_port()
         airflow_env = cluster_env(base, home, pg.url, port, executor="CeleryExecutor", broker_url=redis.url)
         # A dead worker's task instances stay "running" until the scheduler sees their heartbeats stop:

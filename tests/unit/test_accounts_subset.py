@@ -7,7 +7,6 @@ its manifest says it is a subset. moto in-process (S3, Organizations).
 
 from __future__ import annotations
 
-import itertools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +27,7 @@ from include.cmdb_inventory.storage import (
     snapshot_rank,
 )
 from tests.unit.test_merge import report_failed, report_ok
+from tests.unit.test_organizations import Org
 
 REGION = "us-east-1"
 BUCKET = "cmdb-subset-tests"
@@ -37,7 +37,6 @@ B = Account("222222222222", "Development")
 C = Account("333333333333", "Production")
 OUTSIDE, OTHER_OUTSIDE = "999999999999", "888888888888"
 DS = "2026-11-20"
-_MANAGEMENT_IDS = itertools.count(910000000001)
 
 
 @pytest.fixture
@@ -174,31 +173,6 @@ def test_through_the_airflow_adapter_it_fails_for_good(store: SnapshotStore, mon
         runtime.resolve(context)
     assert pushed == []
     assert objects(store) == {}
-
-
-class Org:
-    """A fresh organisation (its own management account) with helpers, as in test_organizations."""
-
-    def __init__(self) -> None:
-        self.management = str(next(_MANAGEMENT_IDS))
-        creds = boto3.client("sts", region_name=REGION).assume_role(
-            RoleArn=f"arn:aws:iam::{self.management}:role/OrganizationsReader", RoleSessionName="tests"
-        )["Credentials"]
-        self.client = boto3.client(
-            "organizations",
-            region_name=REGION,
-            aws_access_key_id=creds["AccessKeyId"],
-            aws_secret_access_key=creds["SecretAccessKey"],
-            aws_session_token=creds["SessionToken"],
-        )
-        self.client.create_organization(FeatureSet="ALL")
-
-    def account(self, name: str) -> str:
-        return str(
-            self.client.create_account(AccountName=name, Email=f"{name}@example.com")["CreateAccountStatus"][
-                "AccountId"
-            ]
-        )
 
 
 def test_with_organizations_the_param_picks_from_the_discovered_set(store: SnapshotStore) -> None:
