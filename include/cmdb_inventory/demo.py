@@ -55,7 +55,8 @@ def main(output_dir: Path = sandbox.ROOT / "demo-output", rows: int = 12) -> int
         (output_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
         table = list(csv.reader(io.StringIO(body.decode("utf-8"))))
-        print(f"\nCSV: {manifest['csv_uri']}  ({manifest['row_count']} rows)")
+        print(f"\nCSV: s3://{bucket}/{prefix}/ec2_inventory.csv  ({manifest['row_count']} rows)")
+        print(f"     committed by the manifest as {manifest['csv_uri']}")
         for row in table[: rows + 1]:
             print("  " + ",".join(row[:8]))
         print("\nCoverage:")
