@@ -20,14 +20,14 @@ venv: $(STAMP)
 
 ## The main job on the embedded default: an emulated AWS organisation (moto on 127.0.0.1).
 demo: $(STAMP)
-	$(PY) -m include.cmdb_inventory.demo
+	$(PY) -m devtools.demo
 
 ## Benchmarks (minutes): engine, 2015 baseline, floor, real scheduler, merge, parse -> BENCHMARKS.md.
 ## BENCH_ARGS='--profile quick' for smaller worlds; '--only merge,parse' for some of it.
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-## Lint, format check, IAM template lint, then every test layer.
+## Lint, format check, IAM template lint, the import contracts, types, then every test layer.
 test: $(STAMP) lint browser redis
 	$(PY) -m pytest -n 2 --dist loadgroup -p no:cacheprovider $(PYTEST_ARGS)
 
@@ -52,6 +52,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/cfn-lint -- include/iam/*.yaml
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

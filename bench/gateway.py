@@ -1,5 +1,5 @@
 """
-The latency proxy of the benchmarks: ``tests.aws_gateway.AwsGateway`` fronting a separate moto server,
+The latency proxy of the benchmarks: ``devtools.gateway.AwsGateway`` fronting a separate moto server,
 plus a small control endpoint (on its own port) to set the added latency and read call counts.
 
     python -m bench.gateway --upstream http://127.0.0.1:PORT --port-file gw.json
@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.aws_gateway import AwsGateway
+from devtools.gateway import AwsGateway
 
 MAX_CALLS = 2_000_000
 

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from include.cmdb_inventory import sandbox
+from devtools import sandbox
 
 NOT_EXECUTED = "scan_account|merge_inventory|notify_cmdb|check_coverage"
 

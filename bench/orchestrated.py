@@ -1,6 +1,6 @@
 """
 A full DAG run under a real scheduler: PostgreSQL, then Airflow's scheduler (LocalExecutor), DAG
-processor and API server as separate processes (``tests/e2e/scheduler.py``), the DAG triggered through
+processor and API server as separate processes (``devtools/cluster.py``), the DAG triggered through
 the REST API like the UI does, against the latency gateway. Measures the run's wall time, the CPU
 seconds of every Airflow process (task processes included), and each mapped task's timings.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from bench.scenarios import DS, Measured, others, s3_client
 from bench.servers import Emulator
 from bench.world import Seeded, verify_csv
-from include.cmdb_inventory import emulator, sandbox
+from devtools import emulator, sandbox
 
 DAG_ID = sandbox.DAG_ID
 RUN_TIMEOUT = 900
@@ -66,7 +66,7 @@ def run_orchestrated(
     workdir: Path | None = None,
 ) -> Measured:
     """Start a cluster, trigger one run at ``latency_ms``, wait for it, read the CSV back and check it."""
-    from tests.e2e.scheduler import AirflowCluster, Postgres, cluster_env
+    from devtools.cluster import AirflowCluster, Postgres, cluster_env
 
     variable = seeded.variable(**(variable_extra or {}))
     connection = emulator.demo_connection(emu.url)

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from include.cmdb_inventory import sandbox
+from devtools import sandbox
 
 DAG_FILE = sandbox.ROOT / "dags" / f"{sandbox.DAG_ID}.py"
 # Must never be imported when the DAG file is parsed.

@@ -18,7 +18,7 @@ from typing import Any
 from bench.floor import Capacity, floor_seconds, measure_capacity
 from bench.servers import Emulator, children_cpu
 from bench.world import LEGACY_COLUMNS, Seeded, Verdict, verify_csv
-from include.cmdb_inventory import emulator, sandbox
+from devtools import emulator, sandbox
 
 DS = "2026-11-26"
 RUN_TIMEOUT = 1800

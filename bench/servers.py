@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from include.cmdb_inventory.sandbox import ROOT, free_port
+from devtools.sandbox import ROOT, free_port
 
 READY_TIMEOUT = 60.0
 
@@ -70,7 +70,7 @@ def bench_env(**extra: str) -> dict[str, str]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure warm processes, as a deployed image has bytecode
     env.update(
         {
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+            "PYTHONPATH": str(ROOT),
             "AWS_ACCESS_KEY_ID": "bench",
             "AWS_SECRET_ACCESS_KEY": "bench",
             "AWS_DEFAULT_REGION": "us-east-1",

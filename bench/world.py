@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from include.cmdb_inventory import emulator
-from include.cmdb_inventory.records import COLUMNS, neutralise
+from devtools import emulator
+from include.cmdb_inventory.contract import COLUMNS
+from include.cmdb_inventory.records import neutralise
 
 # The 17 regions every AWS account has enabled by default (no opt-in), all enabled in moto.
 DEFAULT_REGIONS: tuple[str, ...] = (
@@ -123,7 +124,7 @@ class Seeded:
 def seed(moto_url: str, spec: WorldSpec, threads: int = SEED_THREADS) -> Seeded:
     """
     Seed ``spec`` on a fresh moto server (directly, not through the latency gateway): the hub (role,
-    bucket, topic) with :func:`include.cmdb_inventory.emulator.seed`, then every account's
+    bucket, topic) with :func:`devtools.emulator.seed`, then every account's
     ``CMDBDiscovery`` role (from the shipped template) and one ``RunInstances`` of K per region, from one
     botocore session, accounts in parallel.
     """
@@ -131,7 +132,7 @@ def seed(moto_url: str, spec: WorldSpec, threads: int = SEED_THREADS) -> Seeded:
 
     import botocore.session
 
-    from include.cmdb_inventory.iam_templates import render_role
+    from devtools.iam_templates import render_role
 
     started = time.perf_counter()
     ids = spec.account_ids()

@@ -81,9 +81,9 @@ def cmdb_ec2_inventory() -> None:
 
     @task(execution_timeout=timedelta(minutes=5))
     def resolve_accounts() -> list[dict[str, str]]:
-        from include.cmdb_inventory import runtime
+        from include.cmdb_inventory import tasks
 
-        return runtime.resolve(get_current_context())
+        return tasks.resolve(get_current_context())
 
     @task(
         map_index_template="{{ task.op_kwargs['account']['label'] }}",
@@ -93,9 +93,9 @@ def cmdb_ec2_inventory() -> None:
         execution_timeout=timedelta(minutes=45),
     )
     def scan_account(account: dict[str, str]) -> dict[str, Any]:
-        from include.cmdb_inventory import runtime
+        from include.cmdb_inventory import tasks
 
-        return runtime.scan(get_current_context(), account)
+        return tasks.scan(get_current_context(), account)
 
     @task(
         trigger_rule="all_done",
@@ -107,21 +107,21 @@ def cmdb_ec2_inventory() -> None:
         outlets=[SNAPSHOT_ALIAS],  # an event for the snapshot Asset only when one was written
     )
     def merge_inventory() -> dict[str, Any]:
-        from include.cmdb_inventory import runtime
+        from include.cmdb_inventory import tasks
 
-        return runtime.merge(get_current_context())
+        return tasks.merge(get_current_context())
 
     @task(multiple_outputs=False, execution_timeout=timedelta(minutes=5))
     def notify_cmdb(summary: dict[str, Any]) -> dict[str, Any]:
-        from include.cmdb_inventory import runtime
+        from include.cmdb_inventory import tasks
 
-        return runtime.notify(get_current_context(), summary)
+        return tasks.notify(get_current_context(), summary)
 
     @task(retries=0, execution_timeout=timedelta(minutes=5))
     def check_coverage(summary: dict[str, Any]) -> None:
-        from include.cmdb_inventory import runtime
+        from include.cmdb_inventory import tasks
 
-        runtime.check(summary)
+        tasks.check(summary)
 
     accounts = resolve_accounts()
     scanned = scan_account.expand(account=accounts)

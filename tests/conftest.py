@@ -67,7 +67,7 @@ def _aws_error_response(
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """One moto server (multi-account) on 127.0.0.1 for the whole test session; yields its URL."""
-    from include.cmdb_inventory.sandbox import moto_server
+    from devtools.sandbox import moto_server
 
     with moto_server() as url:
         yield url

@@ -44,7 +44,7 @@ class TaskFailureNotifier(BaseNotifier):
 
     def notify(self, context: dict[str, Any]) -> None:
         """Publish one alert; never raise (a failing alert must not hide the task's own error)."""
-        from include.cmdb_inventory.coverage import scrub
+        from include.cmdb_inventory.aws.redaction import scrub
         from include.cmdb_inventory.notify import failure_message
 
         ti = context.get("ti")
@@ -58,7 +58,7 @@ class TaskFailureNotifier(BaseNotifier):
             error=scrub(str(context.get("exception") or "unknown error")),
         )
         try:
-            from include.cmdb_inventory.runtime import settings_from
+            from include.cmdb_inventory.tasks import settings_from
 
             settings = settings_from(context)
         except Exception as err:
@@ -165,7 +165,7 @@ def deadline_message(dag_run: dict[str, Any], deadline: dict[str, Any], minutes:
 def _alert_target(topic_arn: str | None) -> tuple[str, str, str] | None:
     """(topic, connection id, region) of the deadline alert, or None (then it is only logged)."""
     try:
-        from include.cmdb_inventory.runtime import settings_from
+        from include.cmdb_inventory.tasks import settings_from
 
         settings = settings_from({})
     except Exception as err:

@@ -20,9 +20,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from include.cmdb_inventory import coverage
+from include.cmdb_inventory import contract
+from include.cmdb_inventory.aws.redaction import scrub
+from include.cmdb_inventory.contract import CHANGES_NAME, MANIFEST_NAME
 from include.cmdb_inventory.records import Record, neutralise
-from include.cmdb_inventory.storage import CHUNK, MANIFEST_NAME, spool
+from include.cmdb_inventory.storage import CHUNK, spool
 from include.cmdb_inventory.text import MAX_TEXT_CHARS, MAX_VALUE_CHARS, clean
 
 if TYPE_CHECKING:
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHANGES_NAME = "changes.csv"
 CHANGES_SCHEMA_VERSION = 1
 CHANGE_COLUMNS: tuple[str, ...] = (
     "Change",
@@ -100,12 +101,12 @@ class Ledger:
     def verified(self, account: str, region: str) -> bool:
         """Whether this region of this account was scanned successfully."""
         entry = self.entries.get((account, region))
-        return entry is not None and entry.get("status") == coverage.OK
+        return entry is not None and entry.get("status") == contract.OK
 
     def why_not(self, account: str, region: str) -> str:
         """Why the region does not count as scanned, e.g. ``111111111111 us-east-1 THROTTLED in ...``."""
         entry = self.entries.get((account, region)) or self.entries.get((account, None))
-        if entry is None or entry.get("status") == coverage.OK:
+        if entry is None or entry.get("status") == contract.OK:
             return f"{account} {region} not scanned {self.label}"
         code = (entry.get("error") or {}).get("code")
         status = f"{entry['status']} ({code})" if code else str(entry["status"])
@@ -439,8 +440,7 @@ def write_changes(
                 skipped = detail.partition("; skipped ")[2]  # dates whose manifest was unusable, if any
                 summary.update(
                     status=FAILED,
-                    detail=f"not compared: {coverage.scrub(str(err))}"
-                    + (f"; skipped {skipped}" if skipped else ""),
+                    detail=f"not compared: {scrub(str(err))}" + (f"; skipped {skipped}" if skipped else ""),
                 )
                 tally = Tally()
                 out.seek(0)

@@ -135,7 +135,9 @@ _KNOWN_KEYS = {
 @cache
 def known_regions() -> frozenset[str]:
     """Every region botocore knows, in every partition."""
-    from cmdb_inventory_aws.hooks import shared_botocore_session  # botocore's data parsed once per process
+    from include.cmdb_inventory.aws.hooks import (
+        shared_botocore_session,  # botocore's data parsed once per process
+    )
 
     session = shared_botocore_session()
     regions: set[str] = set()

@@ -1,71 +1,11 @@
-"""Coverage statuses, error classification and the ledger's arithmetic."""
+"""The coverage ledger's arithmetic: which statuses are gaps or transient, and the summary of a ledger."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-# The one redactor; ``coverage.scrub`` stays importable from here for its callers (alerts, tests).
-from include.cmdb_inventory.redaction import scrub
-
-OK = "OK"
-REGION_DISABLED = "REGION_DISABLED"  # region not enabled (opted out) in the account: not a gap
-REGION_DENIED = "REGION_DENIED"  # a policy (SCP, permission boundary) denies the region
-ROLE_NOT_ASSUMABLE = "ROLE_NOT_ASSUMABLE"  # the role is missing, its trust is broken, or AssumeRole denied
-THROTTLED = "THROTTLED"  # throttling outlasted botocore's retries
-ERROR = "ERROR"  # any other error
-TASK_FAILED = "TASK_FAILED"  # the account's task ended without reporting a status
-NOT_REQUESTED = "NOT_REQUESTED"  # an expected account that a Param-subset run did not name: a gap
-
-STATUSES = (
-    OK,
-    REGION_DISABLED,
-    REGION_DENIED,
-    ROLE_NOT_ASSUMABLE,
-    THROTTLED,
-    ERROR,
-    TASK_FAILED,
-    NOT_REQUESTED,
-)
-
-# The account's session was refused as expired although its own expiry time is ahead (revoked, clock
-# skew): the scan assumes the role again and scans the region once more.
-EXPIRED_SESSION_CODES = frozenset({"ExpiredToken", "ExpiredTokenException"})
-
-DISABLED_CODES = {"AuthFailure", "OptInRequired", "InvalidClientTokenId", "UnrecognizedClientException"}
-DENIED_CODES = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "UnauthorizedAccess"}
-THROTTLE_CODES = {
-    "RequestLimitExceeded",
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequestsException",
-    "SlowDown",
-    "RequestThrottled",
-    "RequestThrottledException",
-}
-
-
-def error_of(exc: BaseException) -> dict[str, str]:
-    """``{"code", "message"}`` of an exception: the AWS error code where there is one."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping) and isinstance(response.get("Error"), Mapping):
-        error = response["Error"]
-        return {"code": str(error.get("Code", "Unknown")), "message": scrub(str(error.get("Message", "")))}
-    code = getattr(exc, "code", None)
-    if isinstance(code, str) and code:
-        return {"code": code, "message": scrub(str(getattr(exc, "aws_message", exc)))}
-    return {"code": type(exc).__name__, "message": scrub(str(exc))}
-
-
-def region_status_of(code: str) -> str:
-    """The coverage status of a region whose call failed with this AWS error code."""
-    if code in DISABLED_CODES:
-        return REGION_DISABLED
-    if code in DENIED_CODES:
-        return REGION_DENIED
-    if code in THROTTLE_CODES:
-        return THROTTLED
-    return ERROR
+from include.cmdb_inventory.contract import ERROR, OK, REGION_DENIED, REGION_DISABLED, THROTTLED
 
 
 def is_gap(status: str, denied_is_gap: bool = True) -> bool:

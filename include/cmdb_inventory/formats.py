@@ -20,8 +20,8 @@ import logging
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
-from include.cmdb_inventory.records import COLUMNS, SCHEMA_VERSION
-from include.cmdb_inventory.storage import CHUNK, CSV_NAME, spool
+from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, PARQUET_NAME, SCHEMA_VERSION
+from include.cmdb_inventory.storage import CHUNK, spool
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PARQUET_NAME = "ec2_inventory.parquet"
 PARQUET_SCHEMA_VERSION = 1
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 PARQUET_COMPRESSION = "snappy"

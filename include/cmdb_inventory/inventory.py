@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from include.cmdb_inventory import changes, coverage, formats
+from include.cmdb_inventory import changes, contract, coverage, formats
+from include.cmdb_inventory.aws import errors
 from include.cmdb_inventory.config import Account, ConfigError, Settings
-from include.cmdb_inventory.formats import PARQUET_NAME
-from include.cmdb_inventory.records import COLUMNS, SCHEMA_VERSION, iso_utc
+from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, MANIFEST_NAME, PARQUET_NAME, SCHEMA_VERSION
+from include.cmdb_inventory.records import iso_utc
 from include.cmdb_inventory.storage import (
-    CSV_NAME,
-    MANIFEST_NAME,
     Document,
     SnapshotStore,
     decide_write,
@@ -27,7 +26,7 @@ from include.cmdb_inventory.storage import (
 )
 
 if TYPE_CHECKING:
-    from cmdb_inventory_aws.hooks import CrossAccountHook
+    from include.cmdb_inventory.aws.hooks import CrossAccountHook
     from include.cmdb_inventory.organizations import Discovery
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ EC2_OPERATIONS = ("DescribeInstances", "DescribeRegions")
 
 
 # The coverage status of an expected account that a subset run (the accounts Param) did not scan: a gap.
-NOT_REQUESTED = coverage.NOT_REQUESTED
+NOT_REQUESTED = contract.NOT_REQUESTED
 
 
 class CoverageError(RuntimeError):
@@ -88,7 +87,7 @@ def store_for(settings: Settings) -> SnapshotStore:
     """
     from botocore.config import Config
 
-    from cmdb_inventory_aws.hooks import HubHook
+    from include.cmdb_inventory.aws.hooks import HubHook
 
     hook = HubHook(aws_conn_id=settings.aws_conn_id, region_name=settings.hub_region, client_type="s3")
     # botocore's standard retries with the configured attempts, as for EC2 (its default of three attempts
@@ -109,7 +108,7 @@ def store_for(settings: Settings) -> SnapshotStore:
 
 def hook_for(settings: Settings, account: Account, run: RunInfo) -> CrossAccountHook:
     """The cross-account hook of one account, with a session name that traces back to the run."""
-    from cmdb_inventory_aws.hooks import CrossAccountHook, role_session_name
+    from include.cmdb_inventory.aws.hooks import CrossAccountHook, role_session_name
 
     return CrossAccountHook(
         account_id=account.id,
@@ -132,7 +131,7 @@ def check_session_duration(settings: Settings, run: RunInfo) -> None:
     Refuse up front (before any account is scanned) a ``session_duration_seconds`` above one hour when the
     hub identity is itself an assumed role: AWS caps role chaining at one hour.
     """
-    from cmdb_inventory_aws.hooks import CHAINED_ROLE_MAX_SECONDS, SessionDurationError
+    from include.cmdb_inventory.aws.hooks import CHAINED_ROLE_MAX_SECONDS, SessionDurationError
 
     if settings.session_duration_seconds <= CHAINED_ROLE_MAX_SECONDS:
         return
@@ -181,7 +180,7 @@ def resolve_accounts(
     """
     from dataclasses import replace
 
-    from cmdb_inventory_aws.hooks import role_session_name
+    from include.cmdb_inventory.aws.hooks import role_session_name
     from include.cmdb_inventory.organizations import resolve as discover
 
     store.check_bucket()
@@ -256,13 +255,13 @@ def scan_account(
             threads=settings.region_threads,
         )
     except Exception as err:
-        error = coverage.error_of(err)
-        status = coverage.region_status_of(error["code"])
-        status = status if status == coverage.THROTTLED else coverage.ERROR
+        error = errors.error_of(err)
+        status = errors.region_status_of(error["code"])
+        status = status if status == contract.THROTTLED else contract.ERROR
         store.put_json(status_key, _status_doc(run, account, status=status, error=error))
         raise TransientScanError(f"account {account.label}: {error['code']}: {error['message']}") from None
 
-    if result.status == coverage.ROLE_NOT_ASSUMABLE:
+    if result.status == contract.ROLE_NOT_ASSUMABLE:
         error = result.error or {}
         store.put_json(
             status_key, _status_doc(run, account, status=result.status, role_arn=result.role_arn, error=error)
@@ -277,7 +276,7 @@ def scan_account(
     doc = _status_doc(
         run,
         account,
-        status=coverage.OK,
+        status=contract.OK,
         role_arn=result.role_arn,
         regions=result.regions,
         regions_source=result.regions_source,
@@ -310,9 +309,9 @@ def _ledger(statuses: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for doc in statuses:
         base = {"account": doc["account"], "account_name": doc.get("account_name", "")}
-        if doc["status"] != coverage.OK or not doc.get("regions"):
-            if doc["status"] == coverage.OK:
-                entries.append({**base, "region": None, "status": coverage.OK, "instances": 0})
+        if doc["status"] != contract.OK or not doc.get("regions"):
+            if doc["status"] == contract.OK:
+                entries.append({**base, "region": None, "status": contract.OK, "instances": 0})
             else:
                 entries.append(
                     {
@@ -414,7 +413,7 @@ def _published(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
         return list(manifest["published"])
     changes_doc, parquet = manifest.get("changes") or {}, manifest.get("parquet") or {}
     return [
-        {"name": changes.CHANGES_NAME, "key": changes_doc.get("key"), "bytes": changes_doc.get("bytes")},
+        {"name": contract.CHANGES_NAME, "key": changes_doc.get("key"), "bytes": changes_doc.get("bytes")},
         {"name": PARQUET_NAME, "key": parquet.get("key"), "bytes": parquet.get("bytes")},
         {"name": CSV_NAME, "key": manifest.get("csv_key"), "bytes": manifest.get("csv_bytes")},
     ]
@@ -511,7 +510,7 @@ def merge_inventory(
                 doc = _status_doc(
                     run,
                     account,
-                    status=coverage.TASK_FAILED,
+                    status=contract.TASK_FAILED,
                     error={
                         "code": "NoStatus",
                         "message": "the account's task ended without reporting a status "

@@ -262,7 +262,7 @@ def organizations_client(settings: Settings, session_name: str = "cmdb-organizat
     """
     from botocore.config import Config
 
-    from cmdb_inventory_aws.hooks import CrossAccountHook
+    from include.cmdb_inventory.aws.hooks import CrossAccountHook
 
     spec = settings.organizations
     assert spec is not None  # noqa: S101 - only called when the setting is present

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from include.cmdb_inventory import coverage
+from include.cmdb_inventory import contract, coverage
+from include.cmdb_inventory.aws import errors
 from include.cmdb_inventory.config import Account, Settings
 from include.cmdb_inventory.text import (
     MAX_MESSAGE_BYTES,
@@ -22,7 +23,7 @@ from include.cmdb_inventory.text import (
 )
 
 if TYPE_CHECKING:
-    from cmdb_inventory_aws.hooks import CrossAccountHook
+    from include.cmdb_inventory.aws.hooks import CrossAccountHook
     from include.cmdb_inventory.inventory import RunInfo
     from include.cmdb_inventory.storage import SnapshotStore
 
@@ -56,9 +57,9 @@ def probe_region(hook: CrossAccountHook, region: str) -> dict[str, Any]:
     try:
         hook.client("ec2", region).describe_instances(MaxResults=PROBE_MAX_RESULTS)
     except Exception as err:
-        error = coverage.error_of(err)
-        return {"region": region, "status": coverage.region_status_of(error["code"]), "error": error}
-    return {"region": region, "status": coverage.OK}
+        error = errors.error_of(err)
+        return {"region": region, "status": errors.region_status_of(error["code"]), "error": error}
+    return {"region": region, "status": contract.OK}
 
 
 def check_account(
@@ -74,7 +75,7 @@ def check_account(
     Assume the role, plan the regions (``DescribeRegions``, then the configured filters) and probe each
     enabled region once. Never raises for AWS errors: they are the answer.
     """
-    from cmdb_inventory_aws.hooks import RoleNotAssumableError
+    from include.cmdb_inventory.aws.hooks import RoleNotAssumableError
     from include.cmdb_inventory.regions import plan_regions
 
     doc: dict[str, Any] = {"account": account.id, "account_name": account.name, "regions": []}
@@ -84,29 +85,29 @@ def check_account(
         return {
             **doc,
             "role_arn": err.role_arn,
-            "status": coverage.ROLE_NOT_ASSUMABLE,
-            "error": coverage.error_of(err),
+            "status": contract.ROLE_NOT_ASSUMABLE,
+            "error": errors.error_of(err),
         }
     except Exception as err:
-        error = coverage.error_of(err)
-        return {**doc, "status": coverage.region_status_of(error["code"]), "error": error}
+        error = errors.error_of(err)
+        return {**doc, "status": errors.region_status_of(error["code"]), "error": error}
     try:
         plan = plan_regions(hook.client("ec2", hook.hub_region), hook.partition, regions, exclude_regions)
     except Exception as err:
-        error = coverage.error_of(err)
-        return {**doc, "status": coverage.region_status_of(error["code"]), "error": error}
+        error = errors.error_of(err)
+        return {**doc, "status": errors.region_status_of(error["code"]), "error": error}
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(plan.scan) or 1))) as pool:
         probed = list(pool.map(lambda region: probe_region(hook, region), plan.scan))
     entries = sorted([*plan.skipped, *probed], key=lambda e: e["region"])
     gaps = [e for e in entries if coverage.is_gap(e["status"], denied_is_gap)]
     return {
         **doc,
-        "status": coverage.OK if not gaps else gaps[0]["status"],
+        "status": contract.OK if not gaps else gaps[0]["status"],
         "regions": entries,
         "regions_source": plan.source,
         "note": plan.note,
-        "regions_enabled": sorted(e["region"] for e in entries if e["status"] != coverage.REGION_DISABLED),
-        "regions_allowed": sorted(e["region"] for e in entries if e["status"] == coverage.OK),
+        "regions_enabled": sorted(e["region"] for e in entries if e["status"] != contract.REGION_DISABLED),
+        "regions_allowed": sorted(e["region"] for e in entries if e["status"] == contract.OK),
     }
 
 
@@ -114,7 +115,7 @@ def reasons_of(doc: Mapping[str, Any], denied_is_gap: bool = True) -> list[str]:
     """Why an account is not ready, one line per failure (empty when it is ready)."""
     if doc.get("error") and not doc.get("regions"):
         error = doc["error"]
-        what = f"cannot assume {doc.get('role_arn')}" if doc["status"] == coverage.ROLE_NOT_ASSUMABLE else ""
+        what = f"cannot assume {doc.get('role_arn')}" if doc["status"] == contract.ROLE_NOT_ASSUMABLE else ""
         return [f"{doc['status']}: {what + ': ' if what else ''}{error.get('code')}: {error.get('message')}"]
     return [
         f"{e['region']} {e['status']}: {e.get('error', {}).get('code')}: {e.get('error', {}).get('message')}"
@@ -180,9 +181,9 @@ def preflight_report(
             doc = {
                 "account": account.id,
                 "account_name": account.name,
-                "status": coverage.TASK_FAILED,
+                "status": contract.TASK_FAILED,
                 "ready": False,
-                "reasons": [f"{coverage.TASK_FAILED}: {reason}"],
+                "reasons": [f"{contract.TASK_FAILED}: {reason}"],
                 "error": {"code": "NoStatus", "message": reason},
             }
         results.append(doc)

@@ -7,28 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-SCHEMA_VERSION = 1
-
-# The first four columns are the 2015 script's, so existing imports keep working.
-COLUMNS: tuple[str, ...] = (
-    "Account",
-    "Region",
-    "InstanceId",
-    "Name",
-    "AccountName",
-    "AvailabilityZone",
-    "State",
-    "InstanceType",
-    "Platform",
-    "PrivateIpAddress",
-    "PublicIpAddress",
-    "VpcId",
-    "SubnetId",
-    "ImageId",
-    "LaunchTime",
-    "Tags",
-    "CollectedAt",
-)
+from include.cmdb_inventory.contract import COLUMNS
 
 # OWASP: a cell starting with one of these is read as a formula by spreadsheets.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")

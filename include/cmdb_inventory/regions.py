@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from include.cmdb_inventory.coverage import DENIED_CODES, REGION_DISABLED, error_of
+from include.cmdb_inventory.aws.errors import DENIED_CODES, error_of
+from include.cmdb_inventory.contract import REGION_DISABLED
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -30,7 +31,9 @@ class RegionPlan:
 @cache
 def partition_regions(partition: str) -> tuple[str, ...]:
     """botocore's list of EC2 regions for one partition."""
-    from cmdb_inventory_aws.hooks import shared_botocore_session  # botocore's data parsed once per process
+    from include.cmdb_inventory.aws.hooks import (
+        shared_botocore_session,  # botocore's data parsed once per process
+    )
 
     session = shared_botocore_session()
     return tuple(sorted(session.get_available_regions("ec2", partition_name=partition)))

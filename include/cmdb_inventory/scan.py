@@ -7,20 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from include.cmdb_inventory.coverage import (
-    EXPIRED_SESSION_CODES,
-    OK,
-    ROLE_NOT_ASSUMABLE,
-    error_of,
-    region_status_of,
-)
+from include.cmdb_inventory.aws.errors import EXPIRED_SESSION_CODES, error_of, region_status_of
+from include.cmdb_inventory.contract import OK, ROLE_NOT_ASSUMABLE
 from include.cmdb_inventory.records import Record, instance_record
 from include.cmdb_inventory.regions import plan_regions
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
-    from cmdb_inventory_aws.hooks import CrossAccountHook
+    from include.cmdb_inventory.aws.hooks import CrossAccountHook
     from include.cmdb_inventory.config import Account
 
 log = logging.getLogger(__name__)
@@ -81,7 +76,7 @@ def scan_account(
     Scan one account. A role that cannot be assumed gives status ``ROLE_NOT_ASSUMABLE``; a region that
     fails gives that region its own status; both keep the error code and message.
     """
-    from cmdb_inventory_aws.hooks import RoleNotAssumableError
+    from include.cmdb_inventory.aws.hooks import RoleNotAssumableError
 
     result = AccountScan(account_id=account.id, account_name=account.name)
     try:

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import shutil
 import tempfile
 from collections import deque
@@ -19,15 +18,14 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import IO, TYPE_CHECKING, Any
 
-from include.cmdb_inventory.records import COLUMNS, Record, csv_row
+from include.cmdb_inventory.contract import COLUMNS, CommitLayout, Layout
+from include.cmdb_inventory.records import Record, csv_row
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
 log = logging.getLogger(__name__)
 
-CSV_NAME = "ec2_inventory.csv"
-MANIFEST_NAME = "manifest.json"
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 CHUNK = 1024 * 1024
 # Parts downloaded ahead of the merge, in threads, so S3's latency overlaps; each is spooled (at most
@@ -38,18 +36,10 @@ PART_PREFETCH = 8
 UPLOAD_CHUNK = 16 * CHUNK
 UPLOAD_THREADS = 1
 MAX_COPY_OBJECT = 5 * 1024**3  # the largest object one CopyObject can copy
-_SAFE_RE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class BucketOwnerError(RuntimeError):
     """The output bucket is not owned by the expected account."""
-
-
-def safe_segment(text: str, limit: int = 80) -> str:
-    """A string made safe to be one S3 key segment (never user text as-is)."""
-    cleaned = _SAFE_RE.sub("_", text)[:limit].strip(".") or "_"
-    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return f"{cleaned}-{digest}"
 
 
 def rows_to_csv(rows: Iterable[Record], out: IO[str], header: bool = True) -> int:
@@ -62,56 +52,6 @@ def rows_to_csv(rows: Iterable[Record], out: IO[str], header: bool = True) -> in
         writer.writerow(csv_row(row))
         count += 1
     return count
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where everything lives under ``s3://{bucket}/{prefix}/``."""
-
-    prefix: str
-
-    def snapshot(self, ds: str, name: str) -> str:
-        """Key of a snapshot file of one logical date (contract)."""
-        return f"{self.prefix}/ds={ds}/{name}"
-
-    def latest(self, name: str) -> str:
-        """Key of the newest date's snapshot file (contract)."""
-        return f"{self.prefix}/latest/{name}"
-
-    def staging(self, ds: str, run_id: str) -> str:
-        """Run-specific staging prefix, so two runs never mix their parts."""
-        return f"{self.prefix}/_staging/ds={ds}/run={safe_segment(run_id)}"
-
-    def part(self, staging: str, account_id: str) -> str:
-        """One account's CSV rows (gzip, no header, sorted)."""
-        return f"{staging}/parts/{account_id}.csv.gz"
-
-    def status(self, staging: str, account_id: str) -> str:
-        """One account's coverage status."""
-        return f"{staging}/status/{account_id}.json"
-
-    def commits(self, ds: str) -> str:
-        """Where every commit of one date keeps its objects (``{prefix}/ds=D/run=``...)."""
-        return f"{self.prefix}/ds={ds}/run="
-
-    def commit(self, ds: str, run_id: str, attempt: str) -> str:
-        """
-        One merge attempt's own folder: its CSV, ``changes.csv`` and Parquet file, written once and never
-        changed; the date's manifest commits them (its ``csv_key`` etc. name them).
-        """
-        return f"{self.commits(ds)}{safe_segment(run_id)}/{attempt}"
-
-
-@dataclass(frozen=True)
-class CommitLayout(Layout):
-    """A layout whose snapshot files of ``ds`` are one commit's (``commit``), every other key as usual."""
-
-    ds: str = ""
-    commit: str = ""
-
-    def snapshot(self, ds: str, name: str) -> str:
-        """The commit's file for its own date; the contract's key for any other date."""
-        return f"{self.commit}/{name}" if ds == self.ds else super().snapshot(ds, name)
 
 
 @dataclass(frozen=True)
@@ -301,7 +241,7 @@ class SnapshotStore:
     def for_commit(self, ds: str, commit: str) -> SnapshotStore:
         """This store with the snapshot files of ``ds`` under ``commit`` (the same client and settings)."""
         view = shallow_copy(self)
-        view.layout = CommitLayout(self.layout.prefix, ds=ds, commit=commit)
+        view.layout = CommitLayout(self.layout.prefix, ds=ds, folder=commit)
         return view
 
     def head_metadata(self, key: str) -> dict[str, str] | None:

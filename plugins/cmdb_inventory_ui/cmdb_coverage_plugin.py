@@ -24,7 +24,7 @@ class LazyCoverageApp:
     def _build(self) -> Any:
         with self._lock:
             if self._app is None:
-                from cmdb_inventory_ui.coverage_api import create_app
+                from include.cmdb_inventory.ui.coverage_api import create_app
 
                 self._app = create_app()
         return self._app

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cmdb_inventory_aws import hooks
+from include.cmdb_inventory.aws import hooks
 
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 

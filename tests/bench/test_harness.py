@@ -15,7 +15,8 @@ import pytest
 from bench import report
 from bench.floor import critical_path
 from bench.world import DEFAULT_REGIONS, LEGACY_COLUMNS, Seeded, WorldSpec, verify_csv
-from include.cmdb_inventory.records import COLUMNS, neutralise
+from include.cmdb_inventory.contract import COLUMNS
+from include.cmdb_inventory.records import neutralise
 from include.cmdb_inventory.storage import rows_to_csv
 
 pytestmark = pytest.mark.xdist_group("bench")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import emulator, sandbox
+from devtools import emulator, sandbox
 
 pytestmark = pytest.mark.xdist_group("bench-scale")
 
@@ -65,7 +65,7 @@ def test_without_the_setting_resolve_fails_at_once_naming_it(migrated_env: dict[
 def test_check_mappable_reads_airflows_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.cmdb_inventory.runtime import check_mappable
+    from include.cmdb_inventory.tasks import check_mappable
 
     monkeypatch.delenv("AIRFLOW__CORE__MAX_MAP_LENGTH", raising=False)
     check_mappable(1024)

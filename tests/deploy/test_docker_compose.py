@@ -48,7 +48,7 @@ EMULATOR_SERVICES = frozenset({"moto", "emulator-seed"})
 SEED_COMMAND = [
     "python",
     "-m",
-    "include.cmdb_inventory.emulator",
+    "devtools.emulator",
     "seed",
     "--endpoint-url",
     "http://moto:5000",
@@ -457,7 +457,7 @@ def test_demo_variable_is_valid_configuration(emulator_project: dict[str, Any]) 
     assert [a.id for a in settings.accounts] == [f"{digit}" * 12 for digit in "1234"]
     assert settings.aws_conn_id == "aws_default"
     # The same world the seeder creates and `make demo` uses: one source of truth.
-    emulator = pytest.importorskip("include.cmdb_inventory.emulator")
+    emulator = pytest.importorskip("devtools.emulator")
     assert json.loads(raw_variable) == emulator.demo_variable()
     conn = _aws_conn(emulator_project["services"]["airflow-worker"])
     assert conn == emulator.demo_connection("http://moto:5000")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from include.cmdb_inventory import sandbox
+from devtools import sandbox
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,8 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import emulator, sandbox
-from include.cmdb_inventory.emulator import Server, World
-from tests.aws_gateway import AwsGateway
-from tests.e2e.scheduler import (
+from devtools import emulator, sandbox
+from devtools.cluster import (
     PREFIX,
     REGIONS,
     AirflowApi,
@@ -36,6 +34,8 @@ from tests.e2e.scheduler import (
     postgres_available,
     redis_available,
 )
+from devtools.emulator import Server, World
+from devtools.gateway import AwsGateway
 
 pytestmark = [
     pytest.mark.e2e,

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import emulator, sandbox
+from devtools import emulator, sandbox
+from devtools.gateway import AwsGateway
 from include.cmdb_inventory.text import (
     MAX_MESSAGE_BYTES,
     MAX_VALUE_CHARS,
@@ -25,7 +26,6 @@ from include.cmdb_inventory.text import (
     published_size,
     utf8_size,
 )
-from tests.aws_gateway import AwsGateway
 from tests.unit.test_message_limits import FORBIDDEN, INSTANCES, assert_safe_line, max_size_tags, script_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("changes_e2e")]

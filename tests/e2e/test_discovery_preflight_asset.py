@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import emulator, sandbox
+from devtools import emulator, sandbox
+from devtools.emulator import PAYER, Server, World
+from devtools.gateway import AwsGateway
 from include.cmdb_inventory.assets import ASSET_NAME, ASSET_URI, EXTRA_KEYS
-from include.cmdb_inventory.emulator import PAYER, Server, World
-from tests.aws_gateway import AwsGateway
 
 pytestmark = pytest.mark.e2e
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import sandbox
-from tests.aws_gateway import AwsGateway
-from tests.e2e.scheduler import (
+from devtools import sandbox
+from devtools.cluster import (
     ACCOUNT_A,
     ACCOUNT_B,
     ACCOUNT_C,
@@ -31,6 +30,7 @@ from tests.e2e.scheduler import (
     Org,
     discovery_role,
 )
+from devtools.gateway import AwsGateway
 
 # One worker runs the whole module: its tests share one gateway and one seeded world.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("failures")]

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import emulator, sandbox
-from include.cmdb_inventory.emulator import Server, World
-from include.cmdb_inventory.records import COLUMNS
+from devtools import emulator, sandbox
+from devtools.emulator import Server, World
+from include.cmdb_inventory.contract import COLUMNS
 
 pytestmark = pytest.mark.e2e
 

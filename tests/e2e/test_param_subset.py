@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import sandbox
-from tests.aws_gateway import AwsGateway
-from tests.e2e.scheduler import ACCOUNT_A, ACCOUNT_B, ACCOUNT_C, PREFIX, REGIONS, Org, discovery_role
+from devtools import sandbox
+from devtools.cluster import ACCOUNT_A, ACCOUNT_B, ACCOUNT_C, PREFIX, REGIONS, Org, discovery_role
+from devtools.gateway import AwsGateway
 from tests.e2e.test_failures import Run, task_instances
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("param-subset")]

@@ -4,7 +4,7 @@ server on loopback, a private PostgreSQL 15, moto behind the loopback AWS gatewa
 through the REST API (``/api/v2``) as the UI does it: trigger, watch task instances, clear one mapped task
 instance with its downstream tasks, create backfills.
 
-One cluster for the module (``tests/e2e/scheduler.py``); the tests share it and run in file order.
+One cluster for the module (``devtools/cluster.py``); the tests share it and run in file order.
 World: three accounts (A payer, B, C) x two regions, seven listed instances.
 
 The cluster runs the DAG as shipped: no ``CMDB_EC2_INVENTORY_*`` knob is changed (the deadline alert is on,
@@ -28,10 +28,8 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import emulator, sandbox
-from include.cmdb_inventory.storage import safe_segment
-from tests.aws_gateway import AwsGateway
-from tests.e2e.scheduler import (
+from devtools import emulator, sandbox
+from devtools.cluster import (
     ACCOUNT_A,
     ACCOUNT_B,
     ACCOUNT_C,
@@ -45,6 +43,8 @@ from tests.e2e.scheduler import (
     discovery_role,
     without_collected_at,
 )
+from devtools.gateway import AwsGateway
+from include.cmdb_inventory.contract import safe_segment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler, pytest.mark.xdist_group("scheduler")]
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import emulator, sandbox
-from tests.aws_gateway import AwsGateway
-from tests.e2e.scheduler import ACCOUNT_A, ACCOUNT_B, ACCOUNT_C, REGIONS, AirflowApi, Org, discovery_role
+from devtools import emulator, sandbox
+from devtools.cluster import ACCOUNT_A, ACCOUNT_B, ACCOUNT_C, REGIONS, AirflowApi, Org, discovery_role
+from devtools.gateway import AwsGateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler, pytest.mark.xdist_group("standalone")]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from include.cmdb_inventory import sandbox
+from devtools import sandbox
 from tests.security import world
 from tests.security.world import Org, Run
 

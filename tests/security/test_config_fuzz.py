@@ -139,7 +139,7 @@ def test_invalid_variable_fails_every_task_for_good_before_anything_could_write(
     from airflow.sdk import Variable
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.cmdb_inventory import alerts, inventory, runtime
+    from include.cmdb_inventory import alerts, inventory, tasks
 
     current: dict[str, Any] = {}
     touched: list[str] = []
@@ -178,10 +178,10 @@ def test_invalid_variable_fails_every_task_for_good_before_anything_could_write(
     context: dict[str, Any] = {"params": {}, "ti": Ti(), "dag_run": DagRun(), "exception": RuntimeError("x")}
     account = {"id": "111111111111", "name": "", "label": "111111111111"}
     steps = {
-        "resolve": lambda: runtime.resolve(context),
-        "scan": lambda: runtime.scan(context, account),
-        "merge": lambda: runtime.merge(context),
-        "notify": lambda: runtime.notify(context, {"ds": "2026-11-20"}),
+        "resolve": lambda: tasks.resolve(context),
+        "scan": lambda: tasks.scan(context, account),
+        "merge": lambda: tasks.merge(context),
+        "notify": lambda: tasks.notify(context, {"ds": "2026-11-20"}),
     }
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

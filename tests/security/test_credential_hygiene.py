@@ -140,10 +140,10 @@ def test_the_coverage_page_at_debug_with_a_role_arn_connection_leaks_nothing(
     """
     from fastapi.testclient import TestClient
 
-    from cmdb_inventory_aws import hooks
-    from cmdb_inventory_ui.coverage_api import create_app
-    from cmdb_inventory_ui.coverage_source import SnapshotCache
+    from include.cmdb_inventory.aws import hooks
     from include.cmdb_inventory.config import VARIABLE_KEY
+    from include.cmdb_inventory.ui.coverage_api import create_app
+    from include.cmdb_inventory.ui.coverage_source import SnapshotCache
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(org.connection()))
     monkeypatch.setenv(f"AIRFLOW_VAR_{VARIABLE_KEY.upper()}", json.dumps(org.variable(world.GOOD_ACCOUNTS)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from include.cmdb_inventory import emulator, sandbox
+from devtools import emulator, sandbox
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from devtools.gateway import AwsGateway, Request
 from include.cmdb_inventory.storage import UPLOAD_CHUNK, SnapshotStore
-from tests.aws_gateway import AwsGateway, Request
 
 BUCKET, OTHER_BUCKET = "cmdb-owner-tests", "someone-elses-bucket"
 PREFIX = "cmdb/ec2-inventory"

@@ -30,8 +30,9 @@ from moto import mock_aws
 
 from include.cmdb_inventory import inventory
 from include.cmdb_inventory.config import Account, parse_settings
-from include.cmdb_inventory.records import COLUMNS, FORMULA_TRIGGERS, instance_record
-from include.cmdb_inventory.storage import SnapshotStore, rows_to_csv, safe_segment, spool
+from include.cmdb_inventory.contract import COLUMNS, safe_segment
+from include.cmdb_inventory.records import FORMULA_TRIGGERS, instance_record
+from include.cmdb_inventory.storage import SnapshotStore, rows_to_csv, spool
 from include.cmdb_inventory.text import ELLIPSIS, MAX_VALUE_CHARS, clean
 from tests.security import world
 from tests.security.conftest import SUCCESS_DS

@@ -1,5 +1,5 @@
 """
-One redactor (``include/cmdb_inventory/redaction.py``) for every log filter and every scrubbing path.
+One redactor (``include/cmdb_inventory/aws/redaction.py``) for every log filter and every scrubbing path.
 
 Property tests embed generated access key ids, secret keys and session tokens in each form botocore, boto3,
 Airflow and Python print them (``key=value``, ``key: value``, JSON, escaped JSON, reprs, XML, query strings,
@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.cmdb_inventory import coverage, redaction
+from include.cmdb_inventory.aws import redaction
+from include.cmdb_inventory.aws.redaction import KEY_ID_MARK, SECRET_MARK, redact, scrub
 from include.cmdb_inventory.config import ConfigError, parse_settings
-from include.cmdb_inventory.redaction import KEY_ID_MARK, SECRET_MARK, redact, scrub
 
 BASE64 = string.ascii_letters + string.digits + "+/"
 key_ids = st.builds(
@@ -220,9 +220,9 @@ def test_scrub_redacts_then_cuts() -> None:
 
 
 def test_hooks_and_coverage_use_the_one_redactor() -> None:
-    from cmdb_inventory_aws import hooks
+    from include.cmdb_inventory.aws import errors, hooks
 
-    assert coverage.scrub is redaction.scrub
+    assert errors.scrub is redaction.scrub
     assert hooks.redact_credentials is redaction.redact
     assert hooks.guard_botocore_logs is redaction.guard_botocore_logs
 
@@ -282,7 +282,7 @@ def leaky_org(
     moto_url: str, monkeypatch: pytest.MonkeyPatch, hub_env_factory: Callable[..., dict[str, str]]
 ) -> Any:
     """The gateway answering EC2 with errors whose messages carry credentials; hub connection through it."""
-    from tests.aws_gateway import AwsGateway
+    from devtools.gateway import AwsGateway
 
     with AwsGateway(upstream=moto_url) as gw:
         for name, value in hub_env_factory(gw.url).items():
@@ -426,8 +426,8 @@ def test_a_session_tags_value_of_the_wrong_type_is_not_echoed() -> None:
 
 
 def test_the_coverage_page_shows_the_config_error_without_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cmdb_inventory_ui.coverage_source import SourceError, location_from_variable
     from include.cmdb_inventory.config import VARIABLE_KEY
+    from include.cmdb_inventory.ui.coverage_source import SourceError, location_from_variable
 
     monkeypatch.setenv(
         f"AIRFLOW_VAR_{VARIABLE_KEY.upper()}", json.dumps({**BASE, "external_id": f"tenant {MARKER}"})

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import inventory
+from include.cmdb_inventory import contract, inventory
 from include.cmdb_inventory.config import Account, ConfigError, parse_settings
 from tests.security import world
 from tests.security.conftest import CHAINED_DS, SESSION_TAGS, SOURCE_IDENTITY
@@ -103,7 +103,7 @@ def test_hub_sts_uses_the_regional_endpoint(region: str, monkeypatch: pytest.Mon
     """No endpoint_url configured: the hub's STS client resolves sts.<region>.amazonaws.com (no request)."""
     import json
 
-    from cmdb_inventory_aws.hooks import CrossAccountHook
+    from include.cmdb_inventory.aws.hooks import CrossAccountHook
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_STS", "AWS_STS_REGIONAL_ENDPOINTS"):
         monkeypatch.delenv(name, raising=False)
@@ -188,8 +188,8 @@ DURATION_REFUSED = "The requested DurationSeconds exceeds the MaxSessionDuration
 @pytest.fixture(scope="module")
 def sts_gateway(moto_url: str) -> Any:
     """The gateway in front of the session's moto, with one account's instances in every scanned region."""
-    from include.cmdb_inventory.emulator import session_in
-    from tests.aws_gateway import AwsGateway
+    from devtools.emulator import session_in
+    from devtools.gateway import AwsGateway
 
     seeder = session_in(moto_url, LONG_SCAN_ACCOUNT)
     for region in LONG_SCAN_REGIONS:
@@ -214,7 +214,7 @@ def via_gateway(sts_gateway: Any, monkeypatch: pytest.MonkeyPatch, hub_env_facto
 def test_an_account_whose_scan_outlives_its_session_still_finishes(via_gateway: Any) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from cmdb_inventory_aws.hooks import CrossAccountHook, refresh_windows
+    from include.cmdb_inventory.aws.hooks import CrossAccountHook, refresh_windows
     from include.cmdb_inventory.config import DEFAULT_INSTANCE_STATES
     from include.cmdb_inventory.scan import scan_account
 
@@ -279,7 +279,7 @@ def test_a_session_longer_than_the_role_allows_fails_the_account_for_good(
     import boto3
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.cmdb_inventory import coverage, runtime
+    from include.cmdb_inventory import tasks
     from include.cmdb_inventory.config import VARIABLE_KEY
 
     gw = via_gateway
@@ -314,14 +314,14 @@ def test_a_session_longer_than_the_role_allows_fails_the_account_for_good(
     context: dict[str, Any] = {"params": {}, "dag_run": DagRun(), "ti": TaskInstance()}
     account = Account(LONG_SCAN_ACCOUNT, "Long session")
     with pytest.raises(AirflowFailException) as failed:  # failed for good: Airflow does not retry it
-        runtime.scan(context, account.to_dict())
+        tasks.scan(context, account.to_dict())
     assert "ValidationError" in str(failed.value)
     assert "session_duration_seconds=7200" in str(failed.value)
     assert gw.count(action="AssumeRole") == 1  # botocore did not retry it either
     assert gw.count(action="DescribeInstances") == 0
 
-    settings = runtime.settings_from(context)
-    run = runtime.run_info(context)
+    settings = tasks.settings_from(context)
+    run = tasks.run_info(context)
     summary = inventory.merge_inventory(settings, run, inventory.store_for(settings), [account.to_dict()])
     manifest_key = summary["manifest_uri"].removeprefix(f"s3://{bucket}/")
     manifest = json.loads(raw.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
@@ -329,7 +329,7 @@ def test_a_session_longer_than_the_role_allows_fails_the_account_for_good(
     assert (entry["account"], entry["region"], entry["status"]) == (
         LONG_SCAN_ACCOUNT,
         None,
-        coverage.ROLE_NOT_ASSUMABLE,
+        contract.ROLE_NOT_ASSUMABLE,
     )
     assert entry["error"]["code"] == "ValidationError"
     assert DURATION_REFUSED in entry["error"]["message"]

@@ -55,7 +55,7 @@ def test_the_configuration_does_not_switch_security_rules_off_for_product_code()
     assert not [code for code in lint.get("ignore", []) if code.startswith("S")]
     for pattern, codes in lint.get("per-file-ignores", {}).items():
         if any(code.startswith("S") for code in codes):
-            assert pattern.startswith(("tests/", "bench/")), pattern
+            assert pattern.startswith(("tests/", "bench/", "devtools/")), pattern
 
 
 def test_security_md_names_only_tests_that_exist() -> None:

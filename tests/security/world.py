@@ -40,10 +40,10 @@ from typing import Any
 
 import boto3
 
-from include.cmdb_inventory import emulator, sandbox
-from include.cmdb_inventory.emulator import PAYER, Server, World
-from include.cmdb_inventory.iam_templates import render_role
-from tests.aws_gateway import AwsGateway, Call, Request
+from devtools import emulator, sandbox
+from devtools.emulator import PAYER, Server, World
+from devtools.gateway import AwsGateway, Call, Request
+from devtools.iam_templates import render_role
 
 ROOT = sandbox.ROOT
 REGIONS = ["eu-west-1", "us-east-1"]

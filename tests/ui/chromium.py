@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from include.cmdb_inventory.sandbox import free_port
+from devtools.sandbox import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = (

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import emulator, sandbox
-from include.cmdb_inventory.emulator import Server, World
-from tests.aws_gateway import AwsGateway
+from devtools import emulator, sandbox
+from devtools.emulator import Server, World
+from devtools.gateway import AwsGateway
 from tests.ui.chromium import Chromium, chromium_binary
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.xdist_group("ui-browser")]

@@ -14,18 +14,11 @@ from typing import Any
 import boto3
 import pytest
 
-from include.cmdb_inventory import coverage, inventory, notify
+from include.cmdb_inventory import contract, inventory, notify
 from include.cmdb_inventory.config import Account, ConfigError, Settings, parse_settings
+from include.cmdb_inventory.contract import CSV_NAME, MANIFEST_NAME
 from include.cmdb_inventory.inventory import RunInfo, merge_inventory, resolve_accounts
-from include.cmdb_inventory.storage import (
-    CSV_NAME,
-    MANIFEST_NAME,
-    SnapshotStore,
-    decide_write,
-    is_complete,
-    is_subset,
-    snapshot_rank,
-)
+from include.cmdb_inventory.storage import SnapshotStore, decide_write, is_complete, is_subset, snapshot_rank
 from tests.unit.test_merge import report_failed, report_ok
 from tests.unit.test_organizations import Org
 
@@ -84,7 +77,7 @@ def nightly_two_of_three(store: SnapshotStore) -> dict[str, Any]:
     settings = parse_settings(variable())
     plan = resolve_accounts(settings, NIGHTLY, store, False)
     report_ok(store, NIGHTLY, A, {"us-east-1": 2, "eu-west-1": 1})
-    report_failed(store, NIGHTLY, B, coverage.ROLE_NOT_ASSUMABLE, "AccessDenied")
+    report_failed(store, NIGHTLY, B, contract.ROLE_NOT_ASSUMABLE, "AccessDenied")
     report_ok(store, NIGHTLY, C, {"us-east-1": 3})
     summary = merge_inventory(settings, NIGHTLY, store, plan["expected"], plan=plan)
     assert summary["written"] is True
@@ -147,11 +140,11 @@ def test_a_param_account_outside_the_configured_set_fails_resolve_naming_each(st
 
 
 def test_through_the_airflow_adapter_it_fails_for_good(store: SnapshotStore, monkeypatch: Any) -> None:
-    """runtime.resolve turns it into AirflowFailException (no retry), pushing no plan (merge then stops)."""
+    """tasks.resolve turns it into AirflowFailException (no retry), pushing no plan (merge then stops)."""
     from airflow.sdk import Variable
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.cmdb_inventory import runtime
+    from include.cmdb_inventory import tasks
 
     pushed: list[Any] = []
 
@@ -170,7 +163,7 @@ def test_through_the_airflow_adapter_it_fails_for_good(store: SnapshotStore, mon
     monkeypatch.setattr(inventory, "store_for", lambda settings: store)
     context = {"params": {"accounts": [OUTSIDE]}, "ti": Ti(), "dag_run": DagRun()}
     with pytest.raises(AirflowFailException, match=OUTSIDE):
-        runtime.resolve(context)
+        tasks.resolve(context)
     assert pushed == []
     assert objects(store) == {}
 

@@ -62,14 +62,14 @@ def sns(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def _settings(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
-    from include.cmdb_inventory import runtime
+    from include.cmdb_inventory import tasks
 
     def settings_from(context: Any) -> Any:
         if isinstance(settings, Exception):
             raise settings
         return settings
 
-    monkeypatch.setattr(runtime, "settings_from", settings_from)
+    monkeypatch.setattr(tasks, "settings_from", settings_from)
 
 
 def _context(run: dict[str, Any]) -> dict[str, Any]:

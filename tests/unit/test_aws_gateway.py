@@ -20,7 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 from botocore.retries.standard import ExponentialBackoff
 
-from tests.aws_gateway import DUMMY_CREDENTIALS, AwsGateway, Fault
+from devtools.gateway import DUMMY_CREDENTIALS, AwsGateway, Fault
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OTHER_ACCOUNT = "222222222222"
@@ -544,7 +544,7 @@ def test_call_log_is_thread_safe(gw: AwsGateway) -> None:
 def test_cli_writes_port_file_and_stops_on_sigterm(tmp_path: Path) -> None:
     port_file = tmp_path / "gateway.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.aws_gateway", "--port-file", str(port_file), "--latency-ms", "5"],
+        [sys.executable, "-m", "devtools.gateway", "--port-file", str(port_file), "--latency-ms", "5"],
         cwd=REPO_ROOT,
         stderr=subprocess.PIPE,
     )

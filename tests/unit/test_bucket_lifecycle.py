@@ -1,7 +1,7 @@
 """
 The shipped bucket template (``include/iam/cmdb-bucket.yaml``) cleans up what the DAG leaves behind (issue
 10, finding 6): incomplete multipart uploads under the prefix are aborted after one day, and the staging
-prefix the code writes (``storage.Layout``) expires after ``StagingRetentionDays``; the snapshots never
+prefix the code writes (``contract.Layout``) expires after ``StagingRetentionDays``; the snapshots never
 do. The documented JSON for an existing bucket says the same and S3 (moto) accepts it; moto's
 CloudFormation deploys the template (it does not apply ``LifecycleConfiguration``, so the rules themselves
 are read from the template with the project's evaluator).
@@ -19,9 +19,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from devtools.iam_templates import TEMPLATE_DIR, TemplateError, load_template, render_properties
 from include.cmdb_inventory.config import parse_settings
-from include.cmdb_inventory.iam_templates import TEMPLATE_DIR, TemplateError, load_template, render_properties
-from include.cmdb_inventory.storage import CSV_NAME, MANIFEST_NAME, Layout
+from include.cmdb_inventory.contract import CSV_NAME, MANIFEST_NAME, Layout
 
 TEMPLATE = "cmdb-bucket"
 BUCKET = "example-corp-cmdb"

@@ -26,7 +26,7 @@ from include.cmdb_inventory.changes import (
     diff,
     write_rows,
 )
-from include.cmdb_inventory.records import COLUMNS
+from include.cmdb_inventory.contract import COLUMNS
 
 X, Y = "111111111111", "333333333333"
 

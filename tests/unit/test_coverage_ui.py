@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cmdb_inventory_ui import coverage_page
-from cmdb_inventory_ui.coverage_source import Location, SnapshotCache, SourceError, fetch_manifest
+from include.cmdb_inventory.ui import coverage_page
+from include.cmdb_inventory.ui.coverage_source import Location, SnapshotCache, SourceError, fetch_manifest
 
 PREFIX = "cmdb/ec2-inventory"
 BUCKET = "example-corp-cmdb"
@@ -313,7 +313,7 @@ def app_factory() -> Callable[..., Any]:
     from fastapi import HTTPException
     from fastapi.testclient import TestClient
 
-    from cmdb_inventory_ui.coverage_api import create_app
+    from include.cmdb_inventory.ui.coverage_api import create_app
 
     def factory(
         doc: dict[str, Any] | None = None, *, logged_in: bool = True, error: SourceError | None = None
@@ -441,7 +441,7 @@ def test_fetch_reads_latest_manifest_from_s3(moto_url: str) -> None:
 
 
 def test_location_comes_from_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cmdb_inventory_ui.coverage_source import location_from_variable
+    from include.cmdb_inventory.ui.coverage_source import location_from_variable
 
     monkeypatch.setenv(
         "AIRFLOW_VAR_CMDB_EC2_INVENTORY",
@@ -492,7 +492,7 @@ def test_loading_the_plugin_registers_one_page_and_imports_no_web_stack(tmp_path
 
 
 def sandbox_root() -> Any:
-    from include.cmdb_inventory.sandbox import ROOT
+    from devtools.sandbox import ROOT
 
     return ROOT
 
@@ -615,8 +615,8 @@ def hardened(
     """An SSE-KMS snapshot, the Variable with owner and KMS key, the hub connection through the gateway."""
     import boto3
 
+    from devtools.gateway import AwsGateway
     from include.cmdb_inventory.config import VARIABLE_KEY
-    from tests.aws_gateway import AwsGateway
     from tests.conftest import HUB_LOGIN, HUB_PASSWORD
 
     raw = {"endpoint_url": moto_url, "region_name": "us-east-1", "aws_access_key_id": "a"}
@@ -653,7 +653,7 @@ def test_download_in_the_hardened_setup_is_a_sigv4_url_a_browser_can_use(hardene
 
     from fastapi.testclient import TestClient
 
-    from cmdb_inventory_ui.coverage_api import create_app
+    from include.cmdb_inventory.ui.coverage_api import create_app
 
     gw, fidelity, owner = hardened
     app = create_app(authorise=lambda: None, cache=SnapshotCache())  # the real Variable, S3 and presigner
@@ -685,7 +685,7 @@ def test_download_in_the_hardened_setup_is_a_sigv4_url_a_browser_can_use(hardene
 
 
 def test_no_download_url_for_an_object_of_a_bucket_another_account_owns(hardened: Any) -> None:
-    from cmdb_inventory_ui.coverage_source import presigned_url
+    from include.cmdb_inventory.ui.coverage_source import presigned_url
 
     gw, fidelity, _ = hardened
     squatted = Location(

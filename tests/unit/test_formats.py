@@ -12,12 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from include.cmdb_inventory import coverage, formats, inventory
+from include.cmdb_inventory import contract, formats, inventory
 from include.cmdb_inventory.config import Account, parse_settings
-from include.cmdb_inventory.formats import PARQUET_NAME, csv_to_parquet, parquet_metadata
+from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, PARQUET_NAME
+from include.cmdb_inventory.formats import csv_to_parquet, parquet_metadata
 from include.cmdb_inventory.inventory import RunInfo, merge_inventory
-from include.cmdb_inventory.records import COLUMNS, Record, instance_record, sort_key
-from include.cmdb_inventory.storage import CSV_NAME, SnapshotStore, rows_to_csv
+from include.cmdb_inventory.records import Record, instance_record, sort_key
+from include.cmdb_inventory.storage import SnapshotStore, rows_to_csv
 
 REGION = "us-east-1"
 BUCKET = "cmdb-formats-bucket"
@@ -148,10 +149,10 @@ def merge(store: SnapshotStore, records: list[Record], run_id: str, **config: An
     staging = store.layout.staging(DS, run_id)
     part = store.layout.part(staging, A.id)
     count = store.write_part(part, records)
-    regions = [{"region": REGION, "status": coverage.OK, "instances": count}]
+    regions = [{"region": REGION, "status": contract.OK, "instances": count}]
     store.put_json(
         store.layout.status(staging, A.id),
-        inventory._status_doc(run, A, status=coverage.OK, regions=regions, instances=count, part_key=part),
+        inventory._status_doc(run, A, status=contract.OK, regions=regions, instances=count, part_key=part),
     )
     settings = parse_settings({"accounts": [A.id], "bucket": BUCKET, "prefix": PREFIX, **config})
     return merge_inventory(settings, run, store, [A.to_dict()], overwrite=True)

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cmdb_inventory_aws.hooks import (
+from include.cmdb_inventory.aws.hooks import (
     CrossAccountHook,
     RoleNotAssumableError,
     role_session_name,

@@ -19,7 +19,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from include.cmdb_inventory.iam_templates import (
+from devtools.iam_templates import (
     TEMPLATE_DIR,
     RenderedRole,
     TemplateError,

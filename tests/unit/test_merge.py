@@ -12,11 +12,12 @@ from typing import Any
 import boto3
 import pytest
 
-from include.cmdb_inventory import coverage, inventory
+from include.cmdb_inventory import contract, inventory
 from include.cmdb_inventory.config import Account, Settings, parse_settings
+from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, MANIFEST_NAME, SCHEMA_VERSION
 from include.cmdb_inventory.inventory import CoverageError, RunInfo, check_coverage, merge_inventory
-from include.cmdb_inventory.records import COLUMNS, SCHEMA_VERSION, Record, csv_row, instance_record, sort_key
-from include.cmdb_inventory.storage import CSV_NAME, MANIFEST_NAME, SnapshotStore
+from include.cmdb_inventory.records import Record, csv_row, instance_record, sort_key
+from include.cmdb_inventory.storage import SnapshotStore
 
 REGION = "us-east-1"
 BUCKET = "cmdb-inventory-bucket"
@@ -94,7 +95,7 @@ def report_ok(
     for region, outcome in sorted(plan.items()):
         if isinstance(outcome, int):
             records += records_for(account, region, outcome, tag)
-            regions.append({"region": region, "status": coverage.OK, "instances": outcome})
+            regions.append({"region": region, "status": contract.OK, "instances": outcome})
         else:
             status, code = outcome
             error = {"code": code, "message": f"{code} in {region}"}
@@ -105,7 +106,7 @@ def report_ok(
     doc = inventory._status_doc(
         run,
         account,
-        status=coverage.OK,
+        status=contract.OK,
         role_arn=f"arn:aws:iam::{account.id}:role/CMDBDiscovery",
         regions=regions,
         regions_source="describe_regions",
@@ -220,7 +221,7 @@ def test_manifest_fields(s3: Any, store: SnapshotStore) -> None:
     assert ledger[(C.id, "ap-south-1")]["instances"] == 4
     for entry in manifest["coverage"]:
         assert {"account", "region", "status", "instances"} <= set(entry)
-        assert entry["status"] == coverage.OK
+        assert entry["status"] == contract.OK
         assert "error" not in entry
     assert [a["id"] for a in manifest["accounts"]] == [A.id, B.id, C.id]
     assert summary["csv_uri"] == f"s3://{BUCKET}/{csv_key}"
@@ -259,7 +260,7 @@ def test_an_account_without_status_is_task_failed(s3: Any, store: SnapshotStore)
 
     manifest = manifest_at(store)
     (entry,) = entries(manifest, B)
-    assert entry["status"] == coverage.TASK_FAILED
+    assert entry["status"] == contract.TASK_FAILED
     assert entry["region"] is None
     assert entry["instances"] == 0
     assert entry["error"]["code"] == "NoStatus"
@@ -268,19 +269,19 @@ def test_an_account_without_status_is_task_failed(s3: Any, store: SnapshotStore)
     assert manifest["row_count"] == 3
     rows = csv_rows(s3, store.layout.snapshot(DS, CSV_NAME))
     assert [r[0] for r in rows[1:]] == [A.id, A.id, C.id]
-    assert [(g["account"], g["status"]) for g in summary["gaps"]] == [(B.id, coverage.TASK_FAILED)]
+    assert [(g["account"], g["status"]) for g in summary["gaps"]] == [(B.id, contract.TASK_FAILED)]
 
     with pytest.raises(CoverageError) as info:
         check_coverage(summary)
     assert B.id in str(info.value)
-    assert coverage.TASK_FAILED in str(info.value)
+    assert contract.TASK_FAILED in str(info.value)
     assert "2 of 3 accounts covered" in str(info.value)
 
 
 def test_role_not_assumable_is_a_gap(s3: Any, store: SnapshotStore) -> None:
     settings, run = make_settings(), run_info()
     report_ok(store, run, A, {"eu-west-1": 2})
-    report_failed(store, run, B, coverage.ROLE_NOT_ASSUMABLE, "AccessDenied")
+    report_failed(store, run, B, contract.ROLE_NOT_ASSUMABLE, "AccessDenied")
     report_ok(store, run, C, {"eu-west-1": 1})
     summary = merge_inventory(settings, run, store, expected_of(settings))
 
@@ -288,26 +289,26 @@ def test_role_not_assumable_is_a_gap(s3: Any, store: SnapshotStore) -> None:
     assert manifest["complete"] is False
     assert manifest["accounts_covered"] == 2
     (entry,) = entries(manifest, B)
-    assert entry["status"] == coverage.ROLE_NOT_ASSUMABLE
+    assert entry["status"] == contract.ROLE_NOT_ASSUMABLE
     assert entry["error"]["code"] == "AccessDenied"
     (gap,) = summary["gaps"]
-    assert (gap["account"], gap["region"], gap["status"]) == (B.id, None, coverage.ROLE_NOT_ASSUMABLE)
+    assert (gap["account"], gap["region"], gap["status"]) == (B.id, None, contract.ROLE_NOT_ASSUMABLE)
     assert summary["snapshot_complete"] is False
     assert summary["written"] is True  # partial snapshots are still written
-    with pytest.raises(CoverageError, match=f"{B.id} {coverage.ROLE_NOT_ASSUMABLE}"):
+    with pytest.raises(CoverageError, match=f"{B.id} {contract.ROLE_NOT_ASSUMABLE}"):
         check_coverage(summary)
 
 
 def test_a_disabled_region_is_not_a_gap(store: SnapshotStore) -> None:
     settings, run = make_settings([A]), run_info()
-    report_ok(store, run, A, {"eu-west-1": 2, "ap-east-1": (coverage.REGION_DISABLED, "AuthFailure")})
+    report_ok(store, run, A, {"eu-west-1": 2, "ap-east-1": (contract.REGION_DISABLED, "AuthFailure")})
     summary = merge_inventory(settings, run, store, expected_of(settings))
 
     manifest = manifest_at(store)
     assert manifest["complete"] is True
     assert manifest["regions_disabled"] == 1
     disabled = [e for e in manifest["coverage"] if e["region"] == "ap-east-1"]
-    assert disabled[0]["status"] == coverage.REGION_DISABLED
+    assert disabled[0]["status"] == contract.REGION_DISABLED
     assert disabled[0]["error"]["code"] == "AuthFailure"
     assert summary["gaps"] == []
     check_coverage(summary)
@@ -320,7 +321,7 @@ def test_a_denied_region_is_a_gap_unless_configured(
     settings = make_settings([A], denied_regions_fail_coverage=denied_is_gap)
     run = run_info()
     report_ok(
-        store, run, A, {"eu-west-1": 2, "me-south-1": (coverage.REGION_DENIED, "UnauthorizedOperation")}
+        store, run, A, {"eu-west-1": 2, "me-south-1": (contract.REGION_DENIED, "UnauthorizedOperation")}
     )
     summary = merge_inventory(settings, run, store, expected_of(settings))
 
@@ -328,7 +329,7 @@ def test_a_denied_region_is_a_gap_unless_configured(
     assert manifest["complete"] is complete
     assert manifest["denied_regions_fail_coverage"] is denied_is_gap
     (denied,) = [e for e in manifest["coverage"] if e["region"] == "me-south-1"]
-    assert denied["status"] == coverage.REGION_DENIED
+    assert denied["status"] == contract.REGION_DENIED
     assert denied["error"]["code"] == "UnauthorizedOperation"
     assert [g["region"] for g in summary["gaps"]] == (["me-south-1"] if denied_is_gap else [])
     if complete:
@@ -340,7 +341,7 @@ def test_a_denied_region_is_a_gap_unless_configured(
 
 def test_a_throttled_region_is_a_gap(store: SnapshotStore) -> None:
     settings, run = make_settings([A]), run_info()
-    report_ok(store, run, A, {"eu-west-1": 1, "us-west-2": (coverage.THROTTLED, "RequestLimitExceeded")})
+    report_ok(store, run, A, {"eu-west-1": 1, "us-west-2": (contract.THROTTLED, "RequestLimitExceeded")})
     summary = merge_inventory(settings, run, store, expected_of(settings))
     assert manifest_at(store)["complete"] is False
     assert [(g["region"], g["error"]["code"]) for g in summary["gaps"]] == [
@@ -411,7 +412,7 @@ def test_a_partial_snapshot_is_replaced_by_a_complete_one(s3: Any, store: Snapsh
     settings, layout = make_settings(), store.layout
     first = run_info("scheduled__2024-03-01T00:00:00+00:00")
     report_ok(store, first, A, {"eu-west-1": 3})
-    report_failed(store, first, B, coverage.ROLE_NOT_ASSUMABLE, "AccessDenied")
+    report_failed(store, first, B, contract.ROLE_NOT_ASSUMABLE, "AccessDenied")
     report_ok(store, first, C, {"eu-west-1": 1})
     assert merge_inventory(settings, first, store, expected_of(settings))["snapshot_complete"] is False
     assert manifest_at(store)["complete"] is False
@@ -434,15 +435,15 @@ def test_a_partial_snapshot_is_kept_over_a_worse_one(s3: Any, store: SnapshotSto
     settings, layout = make_settings(), store.layout
     first = run_info("scheduled__2024-03-01T00:00:00+00:00")
     report_ok(store, first, A, {"eu-west-1": 3, "us-east-1": 1})
-    report_failed(store, first, B, coverage.ROLE_NOT_ASSUMABLE, "AccessDenied")
+    report_failed(store, first, B, contract.ROLE_NOT_ASSUMABLE, "AccessDenied")
     report_ok(store, first, C, {"eu-west-1": 1})
     merge_inventory(settings, first, store, expected_of(settings))
     csv_before = body(s3, layout.snapshot(DS, CSV_NAME))
 
     second = run_info("manual__2024-03-01T09:00:00+00:00")
     report_ok(store, second, A, {"eu-west-1": 3})
-    report_failed(store, second, B, coverage.ROLE_NOT_ASSUMABLE, "AccessDenied")
-    report_failed(store, second, C, coverage.ROLE_NOT_ASSUMABLE, "AccessDenied")
+    report_failed(store, second, B, contract.ROLE_NOT_ASSUMABLE, "AccessDenied")
+    report_failed(store, second, C, contract.ROLE_NOT_ASSUMABLE, "AccessDenied")
     summary = merge_inventory(settings, second, store, expected_of(settings))
     assert summary["written"] is False
     assert "covers more" in summary["decision_reason"]
@@ -496,7 +497,7 @@ def test_a_failed_upload_over_a_partial_snapshot_keeps_it(
     settings, layout = make_settings(), store.layout
     first = run_info("scheduled__2024-03-01T00:00:00+00:00")
     report_ok(store, first, A, {"eu-west-1": 3})
-    report_failed(store, first, B, coverage.ROLE_NOT_ASSUMABLE, "AccessDenied")
+    report_failed(store, first, B, contract.ROLE_NOT_ASSUMABLE, "AccessDenied")
     report_ok(store, first, C, {"eu-west-1": 1})
     merge_inventory(settings, first, store, expected_of(settings))
     keys = [

@@ -22,11 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from include.cmdb_inventory import changes, coverage, inventory
+from include.cmdb_inventory import changes, contract, inventory
 from include.cmdb_inventory.config import Account, parse_settings
+from include.cmdb_inventory.contract import MANIFEST_NAME
 from include.cmdb_inventory.notify import MAX_GAPS_LISTED, message, subject
 from include.cmdb_inventory.records import instance_record, sort_key
-from include.cmdb_inventory.storage import MANIFEST_NAME, SnapshotStore
+from include.cmdb_inventory.storage import SnapshotStore
 from include.cmdb_inventory.text import (
     ELLIPSIS,
     MAX_MESSAGE_BYTES,
@@ -149,8 +150,8 @@ def night(store: SnapshotStore, ds: str, version: int) -> dict[str, Any]:
     status = inventory._status_doc(
         run,
         ACCOUNT,
-        status=coverage.OK,
-        regions=[{"region": REGION, "status": coverage.OK, "instances": count}],
+        status=contract.OK,
+        regions=[{"region": REGION, "status": contract.OK, "instances": count}],
         instances=count,
         part_key=part,
         note="",

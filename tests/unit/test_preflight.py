@@ -9,8 +9,8 @@ from typing import Any
 import boto3
 import pytest
 
-from cmdb_inventory_aws.hooks import CrossAccountHook
 from include.cmdb_inventory import preflight
+from include.cmdb_inventory.aws.hooks import CrossAccountHook
 from include.cmdb_inventory.config import Account, parse_settings
 from include.cmdb_inventory.inventory import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore

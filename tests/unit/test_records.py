@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from include.cmdb_inventory.contract import COLUMNS
 from include.cmdb_inventory.records import (
-    COLUMNS,
     FORMULA_TRIGGERS,
     Record,
     csv_row,

@@ -11,7 +11,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from include.cmdb_inventory.coverage import REGION_DISABLED
+from include.cmdb_inventory.contract import REGION_DISABLED
 from include.cmdb_inventory.regions import RegionPlan, partition_regions, plan_regions
 
 SESSION = botocore.session.get_session()  # one session: EC2's service model is parsed once

@@ -8,16 +8,10 @@ from typing import Any
 
 import pytest
 
-from cmdb_inventory_aws.hooks import CrossAccountHook
+from devtools.emulator import session_in
+from include.cmdb_inventory.aws.hooks import CrossAccountHook
 from include.cmdb_inventory.config import DEFAULT_INSTANCE_STATES, INSTANCE_STATES, Account
-from include.cmdb_inventory.coverage import (
-    OK,
-    REGION_DENIED,
-    REGION_DISABLED,
-    ROLE_NOT_ASSUMABLE,
-    THROTTLED,
-)
-from include.cmdb_inventory.emulator import session_in
+from include.cmdb_inventory.contract import OK, REGION_DENIED, REGION_DISABLED, ROLE_NOT_ASSUMABLE, THROTTLED
 from include.cmdb_inventory.scan import PAGE_SIZE, AccountScan, scan_account
 
 BIG = "510000000001"  # one region with more than one page of reservations

@@ -10,13 +10,14 @@ from typing import Any
 import boto3
 import pytest
 
-from include.cmdb_inventory import coverage, inventory
-from include.cmdb_inventory.changes import CHANGE_COLUMNS, CHANGES_NAME, find_previous, snapshot_dates
+from include.cmdb_inventory import contract, inventory
+from include.cmdb_inventory.changes import CHANGE_COLUMNS, find_previous, snapshot_dates
 from include.cmdb_inventory.config import Account, parse_settings
+from include.cmdb_inventory.contract import CHANGES_NAME, MANIFEST_NAME
 from include.cmdb_inventory.inventory import RunInfo, merge_inventory
 from include.cmdb_inventory.notify import message
 from include.cmdb_inventory.records import Record, instance_record, sort_key
-from include.cmdb_inventory.storage import MANIFEST_NAME, SnapshotStore
+from include.cmdb_inventory.storage import SnapshotStore
 
 REGION = "us-east-1"
 BUCKET = "cmdb-changes-bucket"
@@ -84,9 +85,9 @@ def report(store: SnapshotStore, run: RunInfo, account: Account, servers: Server
     )
     part = store.layout.part(staging, account.id)
     count = store.write_part(part, rows)
-    regions = [{"region": r, "status": coverage.OK, "instances": len(s)} for r, s in sorted(servers.items())]
+    regions = [{"region": r, "status": contract.OK, "instances": len(s)} for r, s in sorted(servers.items())]
     doc = inventory._status_doc(
-        run, account, status=coverage.OK, regions=regions, instances=count, part_key=part, note=""
+        run, account, status=contract.OK, regions=regions, instances=count, part_key=part, note=""
     )
     store.put_json(store.layout.status(staging, account.id), doc)
 
@@ -139,7 +140,7 @@ def test_a_failed_role_never_removes_the_accounts_instances(store: SnapshotStore
             "eu-west-1": [],
             REGION: [("i-x0002", "web", "stopped"), ("i-x0003", "new-api", "running")],
         },
-        Y.id: coverage.ROLE_NOT_ASSUMABLE,
+        Y.id: contract.ROLE_NOT_ASSUMABLE,
     }
     summary = snapshot(store, "2026-11-20", day2)
     assert summary["snapshot_complete"] is False
@@ -190,7 +191,7 @@ def test_a_failed_role_never_removes_the_accounts_instances(store: SnapshotStore
 
 def test_the_previous_snapshot_is_the_newest_complete_earlier_date(store: SnapshotStore) -> None:
     snapshot(store, "2026-11-18", DAY1)
-    snapshot(store, "2026-11-19", {**DAY1, Y.id: coverage.ROLE_NOT_ASSUMABLE})  # partial: skipped
+    snapshot(store, "2026-11-19", {**DAY1, Y.id: contract.ROLE_NOT_ASSUMABLE})  # partial: skipped
     day3 = snapshot(store, "2026-11-20", DAY1)["changes"]
     assert day3["previous_ds"] == "2026-11-18"
     assert day3["rows"] == 0

@@ -17,17 +17,20 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from include.cmdb_inventory.records import COLUMNS, Record
-from include.cmdb_inventory.storage import (
-    CSV_CONTENT_TYPE,
+from include.cmdb_inventory.contract import (
+    COLUMNS,
     CSV_NAME,
     MANIFEST_NAME,
-    BucketOwnerError,
     CommitLayout,
     Layout,
+    safe_segment,
+)
+from include.cmdb_inventory.records import Record
+from include.cmdb_inventory.storage import (
+    CSV_CONTENT_TYPE,
+    BucketOwnerError,
     SnapshotStore,
     decide_write,
-    safe_segment,
     snapshot_rank,
     spool,
 )
@@ -400,7 +403,7 @@ def test_commit_layout_puts_only_its_own_dates_files_in_its_folder() -> None:
     assert folder.startswith(layout.commits(DS))
     assert folder == f"{PREFIX}/ds={DS}/run={safe_segment(RUN_MANUAL)}/try2-0a1b2c3d"
     assert ":" not in folder.split("/run=")[1]
-    commit = CommitLayout(PREFIX, ds=DS, commit=folder)
+    commit = CommitLayout(PREFIX, ds=DS, folder=folder)
     assert commit.snapshot(DS, "changes.csv") == f"{folder}/changes.csv"
     assert commit.snapshot("2024-02-29", MANIFEST_NAME) == layout.snapshot("2024-02-29", MANIFEST_NAME)
     assert commit.latest(CSV_NAME) == layout.latest(CSV_NAME)
@@ -437,9 +440,9 @@ def test_the_stores_s3_client_retries_through_a_slowdown_storm_on_a_multipart_up
     ``no_retry_delay`` makes botocore's backoff sleep 0 s (only the sleep: which calls are retried, and how
     often, stays botocore's decision).
     """
+    from devtools.gateway import AwsGateway
     from include.cmdb_inventory.config import parse_settings
     from include.cmdb_inventory.inventory import store_for
-    from tests.aws_gateway import AwsGateway
 
     with AwsGateway(upstream=moto_url) as gateway:
         for name, value in hub_env_factory(gateway.url).items():

@@ -18,7 +18,7 @@ def settings_from(context: Mapping[str, Any]) -> Settings:
     """Read the Variable now (never at parse time) and apply the run's Params; bad config fails for good."""
     from airflow.sdk import Variable
 
-    from cmdb_inventory_aws.hooks import guard_botocore_logs
+    from include.cmdb_inventory.aws.hooks import guard_botocore_logs
 
     guard_botocore_logs()  # every task starts here: botocore's DEBUG records never carry credentials
     params = context.get("params") or {}

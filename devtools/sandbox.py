@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DAG_ID = "cmdb_ec2_inventory"
 
 
@@ -76,7 +76,7 @@ def airflow_env(
             "AWS_ENDPOINT_URL": endpoint_url,
             "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_DEFAULT_REGION": "us-east-1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+            "PYTHONPATH": str(ROOT),
             "NO_PROXY": "*",
         }
     )
@@ -103,4 +103,4 @@ def dags_test(
     if conf:
         cmd += ["--conf", json.dumps(conf)]
     # The command is this interpreter running Airflow's CLI with fixed arguments.
-    return subprocess.run(cmd, env=dict(env), capture_output=True, text=True, check=False, timeout=900)  # noqa: S603
+    return subprocess.run(cmd, env=dict(env), capture_output=True, text=True, check=False, timeout=900)

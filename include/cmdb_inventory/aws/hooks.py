@@ -16,8 +16,9 @@ from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
 from botocore.credentials import Credentials, RefreshableCredentials
 
-from include.cmdb_inventory import redaction
-from include.cmdb_inventory.redaction import guard_botocore_logs, redact
+from include.cmdb_inventory.aws import redaction
+from include.cmdb_inventory.aws.errors import PERMANENT_ASSUME_ROLE_CODES
+from include.cmdb_inventory.aws.redaction import guard_botocore_logs, redact
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -210,19 +211,6 @@ class HubHook(AwsBaseHook):
             return super().get_client_type(region_name=region_name, config=config, deferrable=deferrable)
 
 
-# AssumeRole refusals that the same request will get again: fail the account for good (no retries). A
-# ValidationError is a request AWS will never accept as sent (e.g. DurationSeconds above the role's
-# MaxSessionDuration); PackedPolicyTooLarge, session tags too large for the role.
-PERMANENT_ASSUME_ROLE_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "InvalidClientTokenId",
-        "NoSuchEntity",
-        "ValidationError",
-        "PackedPolicyTooLarge",
-    }
-)
 # botocore's refresh windows (re-assume this long before expiry: advisory, then blocking), scaled down for
 # short sessions: with botocore's fixed 15 minutes, a 15-minute session would be re-assumed on every call.
 BOTOCORE_ADVISORY_REFRESH_SECONDS = 15 * 60

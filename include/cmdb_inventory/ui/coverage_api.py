@@ -18,8 +18,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from cmdb_inventory_ui import coverage_page, coverage_source
-from cmdb_inventory_ui.coverage_source import Location, SnapshotCache, SourceError
+from include.cmdb_inventory.ui import coverage_page, coverage_source
+from include.cmdb_inventory.ui.coverage_source import Location, SnapshotCache, SourceError
 
 log = logging.getLogger(__name__)
 

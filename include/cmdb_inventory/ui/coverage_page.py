@@ -16,33 +16,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from include.cmdb_inventory import coverage
-from include.cmdb_inventory.storage import CSV_NAME
+from include.cmdb_inventory import contract, coverage
+from include.cmdb_inventory.contract import CSV_NAME
 
 TEMPLATES = Path(__file__).with_name("templates")
 
 # status -> (css class, meaning); unknown statuses are shown as "other", never dropped.
 STATUS_INFO: dict[str, tuple[str, str]] = {
-    coverage.OK: ("ok", "scanned (the number is its instances)"),
-    coverage.REGION_DISABLED: ("disabled", "region not enabled in the account: not a gap"),
-    coverage.REGION_DENIED: ("denied", "region denied by a policy (SCP, permission boundary)"),
-    coverage.ROLE_NOT_ASSUMABLE: ("role", "role cannot be assumed"),
-    coverage.THROTTLED: ("throttled", "throttling outlasted every retry"),
-    coverage.ERROR: ("error", "other error"),
-    coverage.TASK_FAILED: ("taskfailed", "the account's task ended without reporting"),
-    coverage.NOT_REQUESTED: ("disabled", "not named by a run over some accounts (a gap)"),
+    contract.OK: ("ok", "scanned (the number is its instances)"),
+    contract.REGION_DISABLED: ("disabled", "region not enabled in the account: not a gap"),
+    contract.REGION_DENIED: ("denied", "region denied by a policy (SCP, permission boundary)"),
+    contract.ROLE_NOT_ASSUMABLE: ("role", "role cannot be assumed"),
+    contract.THROTTLED: ("throttled", "throttling outlasted every retry"),
+    contract.ERROR: ("error", "other error"),
+    contract.TASK_FAILED: ("taskfailed", "the account's task ended without reporting"),
+    contract.NOT_REQUESTED: ("disabled", "not named by a run over some accounts (a gap)"),
 }
 OTHER_INFO = ("other", "a status this page does not know")
 # How bad a status is, for an account's overall status (higher is worse).
 _SEVERITY = {
-    coverage.REGION_DISABLED: 0,
-    coverage.OK: 1,
-    coverage.REGION_DENIED: 2,
-    coverage.THROTTLED: 3,
-    coverage.ERROR: 4,
-    coverage.NOT_REQUESTED: 2,
-    coverage.TASK_FAILED: 5,
-    coverage.ROLE_NOT_ASSUMABLE: 6,
+    contract.REGION_DISABLED: 0,
+    contract.OK: 1,
+    contract.REGION_DENIED: 2,
+    contract.THROTTLED: 3,
+    contract.ERROR: 4,
+    contract.NOT_REQUESTED: 2,
+    contract.TASK_FAILED: 5,
+    contract.ROLE_NOT_ASSUMABLE: 6,
 }
 MAX_TEXT = 1000  # characters kept of any one manifest value
 MAX_CHANGES_LISTED = 50
@@ -109,7 +109,7 @@ def _cell(entry: Mapping[str, Any], account_label: str) -> dict[str, Any]:
     css, meaning = status_info(status)
     where = f"{account_label} · {region}" if region else account_label
     title = f"{where}: {status}"
-    if status == coverage.OK:
+    if status == contract.OK:
         title += f", {instances} instance{'s' if instances != 1 else ''}"
     if code or message:
         title += f"\n{code}: {message}" if code else f"\n{message}"
@@ -207,13 +207,13 @@ def build_model(
         )
         cell = _cell(e, label)
         counts[cell["status"]] = counts.get(cell["status"], 0) + 1
-        if cell["status"] == coverage.OK:
+        if cell["status"] == contract.OK:
             row["instances"] += cell["instances"]
         if cell["region"] is None:
-            row["failure"] = cell if cell["status"] != coverage.OK else row["failure"]
+            row["failure"] = cell if cell["status"] != contract.OK else row["failure"]
         else:
             row["cells"][cell["region"]] = cell
-        if cell["status"] not in (coverage.OK, coverage.REGION_DISABLED):
+        if cell["status"] not in (contract.OK, contract.REGION_DISABLED):
             failures.append(
                 {
                     "account": account_id,
@@ -231,7 +231,7 @@ def build_model(
         statuses = [c["status"] for c in row["cells"].values()]
         if row["failure"]:
             statuses.append(row["failure"]["status"])
-        worst = max(statuses, key=lambda s: _SEVERITY.get(s, 5), default=coverage.OK)
+        worst = max(statuses, key=lambda s: _SEVERITY.get(s, 5), default=contract.OK)
         row["status"] = worst
         row["css"] = status_info(worst)[0]
         row["reason"], row["reason_title"] = _reason(row)
@@ -315,7 +315,7 @@ def _reason(row: Mapping[str, Any]) -> tuple[str, str]:
     if failure:
         short = f"{failure['status']} · {failure['code']}" if failure["code"] else failure["status"]
         return short, failure["title"]
-    bad = [c for c in row["cells"].values() if c["status"] not in (coverage.OK, coverage.REGION_DISABLED)]
+    bad = [c for c in row["cells"].values() if c["status"] not in (contract.OK, contract.REGION_DISABLED)]
     if not bad:
         return "", ""
     if len(bad) == 1:

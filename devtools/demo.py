@@ -18,7 +18,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from include.cmdb_inventory import emulator, sandbox
+from devtools import emulator, sandbox
 
 
 def _client(service: str, endpoint_url: str) -> object:

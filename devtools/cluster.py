@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from include.cmdb_inventory.sandbox import free_port
+from devtools.sandbox import free_port
 
 log = logging.getLogger(__name__)
 
@@ -863,7 +863,7 @@ PREFIX = "cmdb/ec2-inventory"
 
 def small_world() -> Any:
     """Three accounts x two regions: 7 listed instances (and one terminated, never listed)."""
-    from include.cmdb_inventory.emulator import Server, World
+    from devtools.emulator import Server, World
 
     return World(
         accounts={ACCOUNT_A: "Payer", ACCOUNT_B: "Development", ACCOUNT_C: "Production"},
@@ -910,7 +910,7 @@ class Org:
         Our world, seeded (through the gateway, so it learns which access key is which account): kept
         when it is still there, else moto is reset and the world seeded again.
         """
-        from include.cmdb_inventory import emulator
+        from devtools import emulator
 
         if self.seeded and self._world_present():
             return self.seeded
@@ -942,7 +942,7 @@ class Org:
     def client(self, service: str) -> Any:
         """A client acting in the payer account, on the raw moto server."""
         if service not in self._clients:
-            from include.cmdb_inventory import emulator
+            from devtools import emulator
 
             session = emulator.session_in(self.moto_url, emulator.PAYER)
             self._clients[service] = session.client(service, endpoint_url=self.moto_url)
@@ -961,7 +961,7 @@ class Org:
     @property
     def bucket(self) -> str:
         """The output bucket."""
-        from include.cmdb_inventory.emulator import BUCKET
+        from devtools.emulator import BUCKET
 
         return BUCKET
 
@@ -1008,7 +1008,8 @@ class Org:
         import io
 
         body = self.get(key)
-        assert body is not None, f"no {key}"
+        if body is None:
+            raise KeyError(f"no object {key}")
         return list(csv.DictReader(io.StringIO(body.decode("utf-8"), newline="")))
 
     def keys(self, prefix: str = "") -> list[str]:

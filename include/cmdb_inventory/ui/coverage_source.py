@@ -41,7 +41,7 @@ class Location:
     @property
     def manifest_key(self) -> str:
         """``{prefix}/latest/manifest.json`` (the output contract)."""
-        from include.cmdb_inventory.storage import MANIFEST_NAME, Layout
+        from include.cmdb_inventory.contract import MANIFEST_NAME, Layout
 
         return Layout(self.prefix).latest(MANIFEST_NAME)
 
@@ -87,10 +87,10 @@ def _hub_hook(location: Location) -> Any:
     apply, a connection's ``role_arn`` is assumed once per process, not per request). Puts the credential
     filter on botocore's loggers first: the API server is a process that talks to AWS too.
     """
-    from include.cmdb_inventory.redaction import guard_botocore_logs
+    from include.cmdb_inventory.aws.redaction import guard_botocore_logs
 
     guard_botocore_logs()
-    from cmdb_inventory_aws.hooks import HubHook
+    from include.cmdb_inventory.aws.hooks import HubHook
 
     return HubHook(aws_conn_id=location.aws_conn_id, region_name=location.region_name, client_type="s3")
 
@@ -119,7 +119,7 @@ def fetch_manifest(location: Location, client: Any = None) -> dict[str, Any]:
     """GET the latest manifest; a missing one, an AWS error or a broken document is a ``SourceError``."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from include.cmdb_inventory.redaction import scrub
+    from include.cmdb_inventory.aws.redaction import scrub
 
     key = location.manifest_key
     try:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "iam"
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "include" / "iam"
 """Where the shipped templates live (``include/iam``)."""
 
 ROLE_TYPE = "AWS::IAM::Role"

@@ -169,7 +169,7 @@ def guard_botocore_logs() -> None:
     """
     Put :class:`CredentialLogFilter` on the logger of every module of botocore, boto3, s3transfer and
     urllib3 (a logger's filter does not see its children's records, hence each). Idempotent and cheap after
-    the first call. Called by every task (``runtime.settings_from``), before every AssumeRole, and by the
+    the first call. Called by every task (``tasks.settings_from``), before every AssumeRole, and by the
     coverage page before it builds an S3 client: every process that talks to AWS.
     """
     with _GUARD_LOCK:

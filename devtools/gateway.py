@@ -11,7 +11,7 @@ sets at run time to inject AWS-shaped errors, connection resets or latency::
         ec2.describe_instances()  # botocore retries twice, then moto answers
         assert gw.count(action="DescribeInstances") == 3
 
-Run standalone (for benchmarks): ``python -m tests.aws_gateway --port-file gw.json [--latency-ms N]``.
+Run standalone (for benchmarks): ``python -m devtools.gateway --port-file gw.json [--latency-ms N]``.
 """
 
 from __future__ import annotations
@@ -1244,7 +1244,7 @@ class AwsGateway:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a gateway until SIGTERM/SIGINT, publishing its URLs as JSON in ``--port-file``."""
-    parser = argparse.ArgumentParser(prog="python -m tests.aws_gateway", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.gateway", description=main.__doc__)
     parser.add_argument("--port-file", required=True, help="where to write {url, moto_url, pid} JSON")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every call")
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")

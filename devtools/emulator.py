@@ -2,7 +2,7 @@
 Seed an emulated AWS organisation on a moto server (loopback only): the demo's, the tests' and the
 benchmarks' world. The IAM roles are created from the shipped CloudFormation templates.
 
-    python -m include.cmdb_inventory.emulator seed --endpoint-url http://127.0.0.1:5000
+    python -m devtools.emulator seed --endpoint-url http://127.0.0.1:5000
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def session_in(endpoint_url: str, account_id: str) -> boto3.session.Session:
         endpoint_url=endpoint_url,
         region_name=HOME_REGION,
         aws_access_key_id="seeder",
-        aws_secret_access_key="seeder",  # noqa: S106 - the emulator's dummy key
+        aws_secret_access_key="seeder",
     )
     creds = sts.assume_role(
         RoleArn=f"arn:aws:iam::{account_id}:role/OrganizationAccountAccessRole", RoleSessionName="seed"
@@ -165,7 +165,7 @@ def seed(endpoint_url: str, world: World | None = None) -> dict[str, Any]:
     point the DAG at it, the SQS queue URL subscribed to the topic, and the seeded instances by account
     (``id``, ``region``, ``name``, ``state``). Seeding an already seeded emulator changes nothing.
     """
-    from include.cmdb_inventory.iam_templates import render_role
+    from devtools.iam_templates import render_role
 
     world = world or blog_world()
     hub_role_arn = f"arn:aws:iam::{PAYER}:role/{HUB_ROLE}"
