@@ -29,7 +29,8 @@ RUN pip install --no-cache-dir \
 # The code is NOT copied: docker-compose.yaml mounts dags/, plugins/ and include/ into /opt/airflow, so
 # a code change needs no rebuild, and the image only changes when a dependency does (its tag follows
 # the Airflow version). For an immutable image (a registry-pushed release, or the Kubernetes executor,
-# where nothing is mounted), uncomment these lines and drop the three code mounts from the compose file:
+# where nothing is mounted), uncomment these lines and drop the three code mounts from the compose file
+# (never devtools/, tests/ or bench/: dev tooling stays out of every image):
 #
 # COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 # COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/

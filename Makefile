@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint format bench clean browser redis
+.PHONY: venv demo test lint format bench clean browser redis postgres
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -28,25 +28,31 @@ bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 ## Lint, format check, IAM template lint, the import contracts, types, then every test layer.
-test: $(STAMP) lint browser redis
+test: $(STAMP) lint browser redis postgres
 	$(PY) -m pytest -n 2 --dist loadgroup -p no:cacheprovider $(PYTEST_ARGS)
 
-## Headless Chromium for the UI test: Debian's package when missing (as root, or with sudo -n).
-browser:
-	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || { \
-	  echo "installing Debian's chromium for the browser test"; S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+## Debian packages some tests need, installed when missing (as root, or with sudo -n); without them those
+## tests are skipped or fail with the package named. Each test starts its own server (127.0.0.1, a free
+## port, a temporary directory); none uses a system service.
+define apt_install
+	@test -x $(1) || ! command -v apt-get >/dev/null || { \
+	  echo "installing Debian's $(2) for $(3)"; S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
 	  $$S env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
-	  || echo "warning: chromium not installed: the browser test will be skipped"; }
+	  $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null \
+	  || echo "warning: $(2) not installed: $(3) will not run"; }
+endef
 
-## Redis for the Celery cluster test: Debian's redis-server when missing (as root, or with sudo -n).
-## The test starts its own server (127.0.0.1, a free port, a temporary directory); it never uses a system one.
+## Headless Chromium for the UI test.
+browser:
+	$(call apt_install,/usr/bin/chromium,chromium,the browser test)
+
+## Redis for the Celery cluster test.
 redis:
-	@test -x /usr/bin/redis-server || ! command -v apt-get >/dev/null || { \
-	  echo "installing Debian's redis-server for the Celery cluster test"; S=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
-	  $$S env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
-	  || echo "warning: redis-server not installed: the Celery cluster test will be skipped"; }
+	$(call apt_install,/usr/bin/redis-server,redis-server,the Celery cluster test)
+
+## PostgreSQL 15 for the real-scheduler and Celery tests (their metadata database).
+postgres:
+	$(call apt_install,/usr/lib/postgresql/15/bin/initdb,postgresql-15,the real-scheduler tests)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

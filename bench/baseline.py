@@ -15,13 +15,11 @@ that role first. PARAMS: ``endpoint_url``, ``login``, ``password``, ``hub_role_a
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.servers import peak_rss_mb
+from bench.servers import child_main, peak_rss_mb
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
@@ -84,12 +82,5 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    """``python -m bench.baseline PARAMS.json RESULT.json``."""
-    params = json.loads(Path(argv[0]).read_text())
-    Path(argv[1]).write_text(json.dumps(run(params), indent=1))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(child_main(run, sys.argv[1:]))

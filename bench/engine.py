@@ -14,15 +14,13 @@ PARAMS: ``variable`` (the Variable's JSON), ``concurrency``, ``run_id``, ``ds``.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from bench.servers import peak_rss_mb
+from bench.servers import child_main, peak_rss_mb
 
 
 def run(params: dict[str, Any]) -> dict[str, Any]:
@@ -30,15 +28,16 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     from include.cmdb_inventory import inventory
     from include.cmdb_inventory.config import Account, parse_settings
+    from include.cmdb_inventory.run import RunInfo, store_for
 
     import_seconds = time.perf_counter() - started
     settings = parse_settings(params["variable"])
     ds = params["ds"]
-    run_info = inventory.RunInfo(
+    run_info = RunInfo(
         dag_id="cmdb_ec2_inventory", run_id=params["run_id"], ds=ds, logical_date=f"{ds}T02:00:00+00:00"
     )
     cpu0, t0 = time.process_time(), time.perf_counter()
-    store = inventory.store_for(settings)  # one S3 client for the process: the steps take it as a parameter
+    store = store_for(settings)  # one S3 client for the process: the steps take it as a parameter
     resolved = inventory.resolve_accounts(settings, run_info, store, overwrite=True)
     t_resolved = time.perf_counter()
 
@@ -77,14 +76,6 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    """``python -m bench.engine PARAMS.json RESULT.json``."""
-    logging.basicConfig(level=logging.WARNING)
-    params = json.loads(Path(argv[0]).read_text())
-    result = run(params)
-    Path(argv[1]).write_text(json.dumps(result, indent=1))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(child_main(run, sys.argv[1:]))

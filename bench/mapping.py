@@ -53,10 +53,10 @@ def run() -> dict[str, Any]:
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
-    from include.cmdb_inventory import inventory
+    from include.cmdb_inventory import inventory, tasks
 
     inventory.resolve_accounts = _resolve_without_s3  # type: ignore[assignment]
-    inventory.store_for = lambda settings: None  # type: ignore[assignment,return-value]
+    tasks.store_for = lambda settings: None  # type: ignore[assignment,return-value]
     dag = DagBag(dag_folder=str(sandbox.ROOT / "dags")).get_dag(sandbox.DAG_ID)
     started = time.perf_counter()
     dag_run = dag.test(logical_date=None, mark_success_pattern=NOT_EXECUTED)

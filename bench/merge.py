@@ -13,15 +13,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from bench.servers import peak_rss_mb
+from bench.servers import child_main, peak_rss_mb
 
 BUCKET = "cmdb-bench-merge"
 PREFIX = "cmdb/ec2-inventory"
@@ -124,12 +122,5 @@ def run(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    """``python -m bench.merge PARAMS.json RESULT.json``."""
-    params = json.loads(Path(argv[0]).read_text())
-    Path(argv[1]).write_text(json.dumps(run(params), indent=1))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(child_main(run, sys.argv[1:]))

@@ -66,7 +66,8 @@ def run_orchestrated(
     workdir: Path | None = None,
 ) -> Measured:
     """Start a cluster, trigger one run at ``latency_ms``, wait for it, read the CSV back and check it."""
-    from devtools.cluster import AirflowCluster, Postgres, cluster_env
+    from devtools.cluster import AirflowCluster, cluster_env
+    from devtools.servers import Postgres
 
     variable = seeded.variable(**(variable_extra or {}))
     connection = emulator.demo_connection(emu.url)
@@ -99,8 +100,7 @@ def run_orchestrated(
                 emu.set_latency(latency_ms)
                 emu.reset_calls()
                 pids = [m.process.pid for m in cluster.processes]
-                database = getattr(getattr(pg, "_server", None), "process", None)
-                pids += [database.pid] if database is not None else []  # Airflow's PostgreSQL too
+                pids.append(pg.pid)  # Airflow's PostgreSQL too
                 cpu0, gw0 = tree_cpu(pids), emu.cpu()
                 t0 = time.perf_counter()
                 run = api.trigger(DAG_ID, logical_date=f"{DS}T02:00:00Z", conf={"overwrite": True})

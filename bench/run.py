@@ -184,6 +184,12 @@ def run_profile(profile: Profile, only: set[str] | None = None) -> dict[str, Any
         with step(f"mapping {profile.mapping_accounts} accounts"):
             results["mapping"] = scenarios.run_mapping(profile.mapping_accounts)
 
+    if wanted("tuning") and profile.name != "smoke":  # each botocore tuning piece with and without
+        from bench import tuning
+
+        with step("tuning"):
+            results["tuning"] = tuning.measure()
+
     results["machine"]["load_end"] = os.getloadavg()
     return results
 
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument(
-        "--only", default="", help="comma-separated: latency,volume,orchestrated,merge,parse,mapping"
+        "--only", default="", help="comma-separated: latency,volume,orchestrated,merge,parse,mapping,tuning"
     )
     parser.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown report")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"), help="raw results")

@@ -94,6 +94,32 @@ def s3_client(moto_url: str) -> Any:
     return emulator.session_in(moto_url, emulator.PAYER).client("s3", endpoint_url=moto_url)
 
 
+def _measured(
+    name: str,
+    seeded: Seeded,
+    latency_ms: float,
+    result: dict[str, Any],
+    verdict: Verdict,
+    cpus: tuple[dict[str, float], dict[str, float], float],
+    stats: dict[str, Any],
+    **details: Any,
+) -> Measured:
+    """A run's measurement from its child's ``result``, the emulator's CPU ``before``/``after`` and ours."""
+    before, after, ours = cpus
+    return Measured(
+        name=name,
+        world=seeded.spec.label,
+        latency_ms=latency_ms,
+        wall=result["wall"],
+        verdict=verdict,
+        cpu=result["cpu"],
+        moto_cpu=after["moto"] - before["moto"],
+        gateway_cpu=after["gateway"] - before["gateway"],
+        calls=stats["calls"],
+        details={**result, **details, "by_action": stats["by_action"], **others(before, after, ours)},
+    )
+
+
 def run_engine(
     emu: Emulator,
     seeded: Seeded,
@@ -124,25 +150,18 @@ def run_engine(
     verdict = verify_csv(body, seeded)
     if result["errors"]:
         verdict = Verdict(False, verdict.rows, [*result["errors"], *verdict.problems])
-    return Measured(
-        name=name,
-        world=seeded.spec.label,
-        latency_ms=latency_ms,
-        wall=result["wall"],
-        verdict=verdict,
-        cpu=result["cpu"],
-        moto_cpu=after["moto"] - before["moto"],
-        gateway_cpu=after["gateway"] - before["gateway"],
-        calls=stats["calls"],
-        details={
-            **result,
-            "concurrency": concurrency,
-            "region_threads": variable.get("region_threads", 17),
-            "by_action": stats["by_action"],
-            "assume_role_by_role": stats["assume_role_by_role"],
-            "gateway_errors": stats["errors"],
-            **others(before, after, child1 - child0),
-        },
+    return _measured(
+        name,
+        seeded,
+        latency_ms,
+        result,
+        verdict,
+        (before, after, child1 - child0),
+        stats,
+        concurrency=concurrency,
+        region_threads=variable.get("region_threads", 17),
+        assume_role_by_role=stats["assume_role_by_role"],
+        gateway_errors=stats["errors"],
     )
 
 
@@ -190,18 +209,7 @@ def run_baseline(emu: Emulator, seeded: Seeded, latency_ms: float) -> Measured:
         verdict = verify_csv(csv_path.read_bytes(), seeded, columns=LEGACY_COLUMNS, product=False)
     stats = emu.stats()
     emu.set_latency(0)
-    return Measured(
-        name="baseline",
-        world=seeded.spec.label,
-        latency_ms=latency_ms,
-        wall=result["wall"],
-        verdict=verdict,
-        cpu=result["cpu"],
-        moto_cpu=after["moto"] - before["moto"],
-        gateway_cpu=after["gateway"] - before["gateway"],
-        calls=stats["calls"],
-        details={**result, "by_action": stats["by_action"], **others(before, after, child1 - child0)},
-    )
+    return _measured("baseline", seeded, latency_ms, result, verdict, (before, after, child1 - child0), stats)
 
 
 def capacity(emu: Emulator, seeded: Seeded, threads: int) -> Capacity:

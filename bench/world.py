@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from devtools import emulator
+from devtools import world
 from include.cmdb_inventory.contract import COLUMNS
 from include.cmdb_inventory.records import neutralise
 
@@ -39,7 +36,6 @@ DEFAULT_REGIONS: tuple[str, ...] = (
     "us-west-2",
 )
 LEGACY_COLUMNS: tuple[str, ...] = ("Account", "Region", "InstanceId", "Name")
-SEED_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ class WorldSpec:
 
     def account_ids(self) -> list[str]:
         """The payer (the hub's account) first, then synthetic 12-digit ids."""
-        return [emulator.PAYER] + [f"{200_000_000_000 + i:012d}" for i in range(1, self.accounts)]
+        return [world.PAYER] + [f"{200_000_000_000 + i:012d}" for i in range(1, self.accounts)]
 
     @staticmethod
     def account_name(index: int) -> str:
@@ -86,7 +82,7 @@ class Seeded:
     spec: WorldSpec
     names: dict[str, str]
     instances: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    bucket: str = emulator.BUCKET
+    bucket: str = world.BUCKET
     seconds: float = 0.0
 
     def variable(self, **extra: Any) -> dict[str, Any]:
@@ -94,7 +90,7 @@ class Seeded:
         return {
             "accounts": [{"id": a, "name": n} for a, n in self.names.items()],
             "bucket": self.bucket,
-            "hub_region": emulator.HOME_REGION,
+            "hub_region": world.HOME_REGION,
             "regions": list(self.spec.regions),
             **extra,
         }
@@ -121,80 +117,23 @@ class Seeded:
         }
 
 
-def seed(moto_url: str, spec: WorldSpec, threads: int = SEED_THREADS) -> Seeded:
+def seed(moto_url: str, spec: WorldSpec) -> Seeded:
     """
-    Seed ``spec`` on a fresh moto server (directly, not through the latency gateway): the hub (role,
-    bucket, topic) with :func:`devtools.emulator.seed`, then every account's
-    ``CMDBDiscovery`` role (from the shipped template) and one ``RunInstances`` of K per region, from one
-    botocore session, accounts in parallel.
+    Seed ``spec`` on a fresh moto server (directly, not through the latency gateway) with
+    :func:`devtools.world.build`: the hub (bucket, topic, ``CMDBApplication``), every account's
+    ``CMDBDiscovery`` from the shipped templates, and one ``RunInstances`` of K per account and region.
     """
-    import time
-
-    import botocore.session
-
-    from devtools.iam_templates import render_role
-
-    started = time.perf_counter()
     ids = spec.account_ids()
-    emulator.seed(moto_url, emulator.World(accounts={emulator.PAYER: "Payer"}))
-    session = botocore.session.get_session()
-    lock = threading.Lock()
-
-    def client(service: str, region: str, **creds: str) -> Any:
-        with lock:  # creating clients from one botocore session is not thread-safe
-            return session.create_client(service, region_name=region, endpoint_url=moto_url, **creds)
-
-    seeder = {"aws_access_key_id": "seeder", "aws_secret_access_key": "seeder"}  # the emulator's dummy key
-    sts = client("sts", emulator.HOME_REGION, **seeder)
-    hub_role_arn = f"arn:aws:iam::{emulator.PAYER}:role/{emulator.HUB_ROLE}"
-    seeded = Seeded(spec=spec, names={a: spec.account_name(i) for i, a in enumerate(ids)})
-
-    def one(account: str) -> dict[tuple[str, str], list[str]]:
-        answer = sts.assume_role(
-            RoleArn=f"arn:aws:iam::{account}:role/OrganizationAccountAccessRole", RoleSessionName="seed"
-        )["Credentials"]
-        creds = {
-            "aws_access_key_id": answer["AccessKeyId"],
-            "aws_secret_access_key": answer["SecretAccessKey"],
-            "aws_session_token": answer["SessionToken"],
-        }
-        if account != emulator.PAYER:  # the payer's role comes with the hub
-            role = render_role("cmdb-discovery", {"HubRoleArn": hub_role_arn}, account_id=account)
-            iam = client("iam", emulator.HOME_REGION, **creds)
-            iam.create_role(
-                RoleName=role.role_name,
-                AssumeRolePolicyDocument=json.dumps(role.assume_role_policy),
-                MaxSessionDuration=role.max_session_duration,
-            )
-            for name, document in role.policies.items():
-                iam.put_role_policy(
-                    RoleName=role.role_name, PolicyName=name, PolicyDocument=json.dumps(document)
-                )
-        found: dict[tuple[str, str], list[str]] = {}
+    names = {a: spec.account_name(i) for i, a in enumerate(ids)}
+    servers = {
+        a: [world.Server(r, spec.server_name(a, r), count=spec.instances) for r in spec.regions] for a in ids
+    }
+    built = world.build(moto_url, world.World(names, servers if spec.instances else {}))
+    seeded = Seeded(spec=spec, names=names, seconds=built.seconds)
+    for account in ids:
+        launched = built.instances.get(account, [])
         for region in spec.regions:
-            if spec.instances == 0:
-                found[(account, region)] = []
-                continue
-            ec2 = client("ec2", region, **creds)
-            response = ec2.run_instances(
-                ImageId="ami-12c6146b",
-                MinCount=spec.instances,
-                MaxCount=spec.instances,
-                InstanceType="t3.micro",
-                TagSpecifications=[
-                    {
-                        "ResourceType": "instance",
-                        "Tags": [{"Key": "Name", "Value": spec.server_name(account, region)}],
-                    }
-                ],
-            )
-            found[(account, region)] = [i["InstanceId"] for i in response["Instances"]]
-        return found
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for found in pool.map(one, ids):
-            seeded.instances.update(found)
-    seeded.seconds = time.perf_counter() - started
+            seeded.instances[(account, region)] = [i["id"] for i in launched if i["region"] == region]
     return seeded
 
 

@@ -1,30 +1,21 @@
-"""
-### Nightly cross-account EC2 inventory for the CMDB
-
-Every night: assume `CMDBDiscovery` in every configured account (one mapped task per account), list
-every EC2 instance in every enabled region, merge everything into one CSV in S3
-(`s3://{bucket}/{prefix}/ds=YYYY-MM-DD/ec2_inventory.csv`, plus `manifest.json` and `latest/`), tell the
-CMDB team on SNS, and fail the run when coverage is short, after the CSV and notification are out.
-
-Configuration: the Airflow Variable `cmdb_ec2_inventory` (JSON), read at run time. Params:
-`accounts` (scan some of the expected accounts in a manual run; never replaces the date's snapshot
-without `overwrite`), `overwrite` (replace the date's snapshot),
-`mode` (`preflight`: check every account's role and regions, write no snapshot). The snapshot is the
-Asset `cmdb_ec2_inventory_snapshot`: schedule a CMDB import DAG on it. See the project's README for
-every key, the IAM roles and the output contract.
-"""
+"""Nightly cross-account EC2 inventory for the CMDB: one CSV in S3, an SNS notification, coverage checked."""
 
 from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
 from include.cmdb_inventory.alerts import TaskFailureNotifier, deadline_alert
 from include.cmdb_inventory.assets import SNAPSHOT_ALIAS
+
+if TYPE_CHECKING:
+    from include.cmdb_inventory.contract import RunSummary
+    from include.cmdb_inventory.notify import Receipt
+    from include.cmdb_inventory.preflight import PreflightSummary
 
 # Deployment knobs that must be known when the DAG is parsed (environment only, never Variables).
 MAX_ACTIVE_ACCOUNTS = int(os.environ.get("CMDB_EC2_INVENTORY_MAX_ACTIVE_ACCOUNTS", "16"))
@@ -71,13 +62,14 @@ ALERT_TOPIC_ARN = os.environ.get("CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN") or None
             "inventory",
             type="string",
             enum=["inventory", "preflight"],
-            description="preflight: only check every account (role, enabled and allowed regions); "
-            "no scan, no snapshot.",
+            description="Deprecated (goes in the next release): trigger cmdb_ec2_inventory_preflight "
+            "instead. preflight: only check every account (role, enabled and allowed regions); no scan, "
+            "no snapshot.",
         ),
     },
 )
 def cmdb_ec2_inventory() -> None:
-    """Wiring only: the steps live in ``include.cmdb_inventory``."""
+    """Wiring only: the steps live in ``include.cmdb_inventory`` (``tasks`` is their Airflow adapter)."""
 
     @task(execution_timeout=timedelta(minutes=5))
     def resolve_accounts() -> list[dict[str, str]]:
@@ -106,22 +98,24 @@ def cmdb_ec2_inventory() -> None:
         execution_timeout=timedelta(minutes=60),
         outlets=[SNAPSHOT_ALIAS],  # an event for the snapshot Asset only when one was written
     )
-    def merge_inventory() -> dict[str, Any]:
+    def merge_inventory() -> RunSummary | PreflightSummary:
         from include.cmdb_inventory import tasks
 
         return tasks.merge(get_current_context())
 
+    # ``summary: Any``: the wiring below passes an XComArg, which TaskFlow's stubs check against these
+    # parameters; the task receives the value (a RunSummary), whose shape the adapter's signature carries.
     @task(multiple_outputs=False, execution_timeout=timedelta(minutes=5))
-    def notify_cmdb(summary: dict[str, Any]) -> dict[str, Any]:
+    def notify_cmdb(summary: Any) -> Receipt:
         from include.cmdb_inventory import tasks
 
         return tasks.notify(get_current_context(), summary)
 
     @task(retries=0, execution_timeout=timedelta(minutes=5))
-    def check_coverage(summary: dict[str, Any]) -> None:
+    def check_coverage(summary: Any) -> None:
         from include.cmdb_inventory import tasks
 
-        tasks.check(summary)
+        tasks.check(get_current_context(), summary)
 
     accounts = resolve_accounts()
     scanned = scan_account.expand(account=accounts)

@@ -1,7 +1,8 @@
 """
-A real Airflow on loopback for end-to-end tests: a private PostgreSQL 15, then ``airflow db migrate``,
-the scheduler (LocalExecutor), the DAG processor and the API server, each a subprocess in its own
-session, torn down reliably; plus a small client of the REST API (``/api/v2``) as the UI uses it.
+A real Airflow on loopback for end-to-end tests: on a private PostgreSQL 15 (:mod:`devtools.servers`),
+``airflow db migrate``, the scheduler (LocalExecutor), the DAG processor and the API server, each a
+subprocess in its own session, torn down reliably; plus a small client of the REST API (``/api/v2``) as
+the UI uses it.
 
     with Postgres() as pg:
         port = free_port()
@@ -31,48 +32,32 @@ import contextlib
 import json
 import logging
 import os
-import pwd
 import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from devtools import emulator, sandbox
+from devtools.gateway import AwsGateway
 from devtools.sandbox import free_port
+from devtools.servers import ClusterError, Managed, Postgres, Redis, spawn, tail, wait_for
+from devtools.world import PAYER, Server, World
 
 log = logging.getLogger(__name__)
 
-PG_BIN = Path(os.environ.get("CMDB_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
-REDIS_SERVER = Path(os.environ.get("CMDB_TEST_REDIS_SERVER", "/usr/bin/redis-server"))
 # A Celery worker's task instances report this as their hostname (see worker_hostname).
 WORKER_HOSTNAME_VAR = "CMDB_TEST_WORKER_HOSTNAME"
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
 FINISHED_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
-
-
-class ClusterError(RuntimeError):
-    """A component did not start, or a wait timed out; the message carries the tails of the logs."""
-
-
-def postgres_available() -> bool:
-    """Whether the PostgreSQL server binaries are installed."""
-    return (PG_BIN / "initdb").exists() and (PG_BIN / "postgres").exists()
-
-
-def redis_available() -> bool:
-    """Whether Debian's ``redis-server`` (``make redis``) is installed."""
-    return os.access(REDIS_SERVER, os.X_OK)
 
 
 def worker_hostname() -> str:
@@ -81,345 +66,6 @@ def worker_hostname() -> str:
     workers on one machine would otherwise report the same hostname on their task instances.
     """
     return os.environ.get(WORKER_HOSTNAME_VAR) or socket.getfqdn()
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _session_members(sid: int) -> list[int]:
-    """Live (not zombie) processes of session ``sid``: Airflow puts each task runner in a group of its own."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.getsid(int(entry)) != sid:
-                continue
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        if stat.rpartition(")")[2].split()[0] != "Z":
-            members.append(int(entry))
-    return members
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of a session until none is left (a dying parent may still fork)."""
-    for _ in range(50):
-        members = _session_members(sid)
-        if not members:
-            return
-        for pid in members:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    log.warning("session %s still has processes after SIGKILL: %s", sid, _session_members(sid))
-
-
-@dataclass
-class Managed:
-    """A subprocess started in its own session (and process group), with its output in a log file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    stop_signal: int = signal.SIGTERM
-    log_offset: int = 0
-    """Where this process's output starts in its log (a restarted component appends to the same file)."""
-
-    def output(self) -> str:
-        """What this process has written to its log so far."""
-        with self.log_path.open("rb") as log_file:
-            log_file.seek(self.log_offset)
-            return log_file.read().decode(errors="replace")
-
-    def alive(self) -> bool:
-        """Whether the process still runs."""
-        return self.process.poll() is None
-
-    def signal_stop(self) -> None:
-        """Send the stop signal to the whole process group (then :meth:`stop` waits)."""
-        with contextlib.suppress(ProcessLookupError):
-            # start_new_session=True: the leader's pid is the group and session id
-            os.killpg(self.process.pid, self.stop_signal)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Signal the whole process group, wait, then kill whatever is left of its session."""
-        self.signal_stop()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0f s; killing its session", self.name, timeout)
-        # Children (executor workers, task runners in groups of their own) may outlive the leader.
-        self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL the leader and every process of its session at once, as when its machine dies."""
-        _kill_session(self.process.pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-
-
-def _spawn(
-    name: str,
-    cmd: list[str],
-    log_path: Path,
-    env: Mapping[str, str] | None = None,
-    *,
-    user: str | None = None,
-    stop_signal: int = signal.SIGTERM,
-) -> Managed:
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    with log_path.open("ab") as out:
-        # Fixed commands of this harness (the PostgreSQL binaries, this interpreter running Airflow).
-        process = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-            user=user,
-        )
-    return Managed(name, process, log_path, stop_signal, offset)
-
-
-def _wait_for(what: str, check: Callable[[], bool], timeout: float, logs: Iterable[Managed] = ()) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for managed in logs:
-            if not managed.alive():
-                raise ClusterError(
-                    f"{managed.name} exited ({managed.process.returncode}) while waiting for {what}:\n"
-                    f"{_tail(managed.log_path)}"
-                )
-        try:
-            if check():
-                return
-        except ClusterError:
-            raise
-        except Exception as err:  # not up yet
-            log.debug("waiting for %s: %r", what, err)
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {m.name}\n{_tail(m.log_path)}" for m in logs)
-    raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
-
-
-# --------------------------------------------------------------------------------------------------
-# PostgreSQL
-# --------------------------------------------------------------------------------------------------
-
-
-class _ThrowawayServer:
-    """A server the tests start in a temporary directory; ``stop`` removes both."""
-
-    dir: Path
-    _server: Managed | None
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        """Stop the server and remove its directory."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        if self.dir != Path() and self.dir.exists():
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-class Postgres(_ThrowawayServer):
-    """
-    A throwaway PostgreSQL server: ``initdb`` into a temporary directory (trust authentication), a unix
-    socket in that directory, TCP on 127.0.0.1 at a free port. Runs as ``postgres`` when we are root
-    (PostgreSQL refuses to run as root).
-    """
-
-    def __init__(self, database: str = "airflow", user: str = "airflow") -> None:
-        self.database = database
-        self.user = user
-        self.port = 0
-        self.dir = Path()
-        self._server: Managed | None = None
-        self._os_user: str | None = None
-
-    @property
-    def url(self) -> str:
-        """SQLAlchemy URL for Airflow (psycopg2)."""
-        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{self.database}"
-
-    def _run(self, *args: str) -> None:
-        result = subprocess.run(
-            list(args), capture_output=True, text=True, check=False, user=self._os_user, timeout=120
-        )
-        if result.returncode:
-            raise ClusterError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-
-    def start(self) -> Self:
-        """initdb, start the server, create the database."""
-        if not postgres_available():
-            raise ClusterError(f"PostgreSQL binaries not found in {PG_BIN}")
-        self.dir = Path(tempfile.mkdtemp(prefix="cmdb-pg-"))
-        if os.geteuid() == 0:
-            self._os_user = "postgres" if _user_exists("postgres") else "nobody"
-            entry = pwd.getpwnam(self._os_user)
-            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
-            self.dir.chmod(0o755)  # its logs are read by this (root) process
-        data, sockets = self.dir / "data", self.dir / "sockets"
-        self._run(
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            self.user,
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        )
-        sockets.mkdir()
-        if self._os_user is not None:
-            entry = pwd.getpwnam(self._os_user)
-            os.chown(sockets, entry.pw_uid, entry.pw_gid)
-        self.port = free_port()
-        self._start_server()
-        self._run(
-            str(PG_BIN / "createdb"), "-h", str(sockets), "-p", str(self.port), "-U", self.user, self.database
-        )
-        return self
-
-    def _start_server(self) -> None:
-        self._server = _spawn(
-            "postgres",
-            [
-                str(PG_BIN / "postgres"),
-                "-D",
-                str(self.dir / "data"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-k",
-                str(self.dir / "sockets"),
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ],
-            self.dir / "postgres.log",
-            user=self._os_user,
-            stop_signal=signal.SIGINT,  # PostgreSQL's "fast" shutdown
-        )
-        _wait_for("PostgreSQL", self._ready, 60, [self._server])
-
-    def restart(self, down: float = 0.0) -> float:
-        """
-        Restart the server as an operator would (fast shutdown: every client connection is cut, open
-        transactions roll back), ``down`` seconds without a server, then start it on the same port and
-        data. Returns how long the database was unreachable.
-        """
-        if self._server is None:
-            raise ClusterError("PostgreSQL is not running")
-        started = time.monotonic()
-        self._server.stop(timeout=60)
-        time.sleep(down)
-        self._start_server()
-        return time.monotonic() - started
-
-    def _ready(self) -> bool:
-        result = subprocess.run(
-            [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-            capture_output=True,
-            check=False,
-        )
-        return result.returncode == 0
-
-
-# --------------------------------------------------------------------------------------------------
-# Redis (the Celery broker)
-# --------------------------------------------------------------------------------------------------
-
-
-class Redis(_ThrowawayServer):
-    """
-    A throwaway Redis server (Debian's ``redis-server``): 127.0.0.1 at a free port, no persistence (no
-    RDB snapshots, no append-only file), its working directory a temporary one.
-    """
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.dir = Path()
-        self._server: Managed | None = None
-
-    @property
-    def url(self) -> str:
-        """Celery broker URL (database 0)."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> Self:
-        """Start the server and wait until it answers PING."""
-        if not redis_available():
-            raise ClusterError(f"redis-server not found at {REDIS_SERVER} (`make redis` installs it)")
-        self.dir = Path(tempfile.mkdtemp(prefix="cmdb-redis-"))
-        self.port = free_port()
-        self._server = _spawn(
-            "redis",
-            [
-                str(REDIS_SERVER),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--protected-mode",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--daemonize",
-                "no",
-            ],
-            self.dir / "redis.log",
-        )
-        _wait_for("Redis", self._ready, 30, [self._server])
-        return self
-
-    def _ready(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -506,6 +152,16 @@ class AirflowApi:
         """Every task instance of a run, mapped ones included."""
         path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
         return list(self.get(path, limit=1000)["task_instances"])
+
+    def task_instances_by_label(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        """A run's task instances by task id, mapped ones as ``task[<first word of their label>]``."""
+        found: dict[str, dict[str, Any]] = {}
+        for ti in self.task_instances(dag_id, run_id):
+            label = ti["task_id"]
+            if ti["map_index"] >= 0:
+                label = f"{label}[{str(ti['rendered_map_index']).split(' ')[0]}]"
+            found[label] = ti
+        return found
 
     def wait_run(
         self, dag_id: str, run_id: str, timeout: float = 300, states: frozenset[str] = FINISHED_RUN_STATES
@@ -675,7 +331,7 @@ class AirflowCluster:
     def _airflow(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> Managed:
         cmd, full_env = [sys.executable, "-m", "airflow", *args], {**self.env, **(env or {})}
         self.commands[name] = (cmd, full_env)
-        return _spawn(name, cmd, self.workdir / f"{name}.log", full_env)
+        return spawn(name, cmd, self.workdir / f"{name}.log", full_env)
 
     def migrate(self) -> Managed:
         """Start ``airflow db migrate`` (wait with :meth:`wait_migrated`)."""
@@ -688,9 +344,9 @@ class AirflowCluster:
             code = migrate.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             migrate.stop()
-            raise ClusterError(f"airflow db migrate timed out:\n{_tail(migrate.log_path)}") from None
+            raise ClusterError(f"airflow db migrate timed out:\n{tail(migrate.log_path)}") from None
         if code:
-            raise ClusterError(f"airflow db migrate failed ({code}):\n{_tail(migrate.log_path)}")
+            raise ClusterError(f"airflow db migrate failed ({code}):\n{tail(migrate.log_path)}")
         self.timings["migrate_wait"] = time.monotonic() - started
 
     def start(self, dag_id: str, timeout: float = 240) -> Self:
@@ -710,10 +366,10 @@ class AirflowCluster:
                 "1",
             )
         )
-        _wait_for("the API server", self._api_up, timeout, self.processes)
+        wait_for("the API server", self._api_up, timeout, self.processes)
         self.api.login()
-        _wait_for("a healthy scheduler", self._scheduler_healthy, timeout, self.processes)
-        _wait_for(f"the DAG {dag_id} to be parsed", lambda: self._dag_parsed(dag_id), timeout, self.processes)
+        wait_for("a healthy scheduler", self._scheduler_healthy, timeout, self.processes)
+        wait_for(f"the DAG {dag_id} to be parsed", lambda: self._dag_parsed(dag_id), timeout, self.processes)
         self.timings["start"] = time.monotonic() - started
         return self
 
@@ -754,7 +410,7 @@ class AirflowCluster:
         def logged() -> bool:
             return ready in managed.output()
 
-        _wait_for(f"worker {name}", logged, timeout, [managed])
+        wait_for(f"worker {name}", logged, timeout, [managed])
 
     def component(self, name: str) -> Managed:
         """The running component ``name`` (``scheduler``, ``dag-processor``, ``api-server`` or a worker)."""
@@ -777,7 +433,7 @@ class AirflowCluster:
             managed.kill()
             self.processes.remove(managed)
         cmd, env = self.commands[name]
-        managed = _spawn(name, cmd, self.workdir / f"{name}.log", env)
+        managed = spawn(name, cmd, self.workdir / f"{name}.log", env)
         self.processes.append(managed)
         return managed
 
@@ -804,11 +460,11 @@ class AirflowCluster:
         """Raise when a component has died."""
         for managed in self.processes:
             if not managed.alive():
-                raise ClusterError(f"{managed.name} died:\n{_tail(managed.log_path)}")
+                raise ClusterError(f"{managed.name} died:\n{tail(managed.log_path)}")
 
     def logs(self, lines: int = 60) -> str:
         """The tails of every component's log (for failure messages)."""
-        return "\n".join(f"--- {m.name}\n{_tail(m.log_path, lines)}" for m in self.processes)
+        return "\n".join(f"--- {m.name}\n{tail(m.log_path, lines)}" for m in self.processes)
 
     def explain(self, dag_id: str, run_id: str, lines: int = 30) -> str:
         """
@@ -861,10 +517,8 @@ REGIONS = ["eu-west-1", "us-east-1"]
 PREFIX = "cmdb/ec2-inventory"
 
 
-def small_world() -> Any:
+def small_world() -> World:
     """Three accounts x two regions: 7 listed instances (and one terminated, never listed)."""
-    from devtools.emulator import Server, World
-
     return World(
         accounts={ACCOUNT_A: "Payer", ACCOUNT_B: "Development", ACCOUNT_C: "Production"},
         servers={
@@ -897,7 +551,7 @@ class Org:
     raw moto URL, so that the gateway's call log only holds the DAG's calls.
     """
 
-    def __init__(self, gateway_url: str, moto_url: str, world: Any = None) -> None:
+    def __init__(self, gateway_url: str, moto_url: str, world: World | None = None) -> None:
         self.gateway_url = gateway_url
         self.moto_url = moto_url
         self.world = world if world is not None else small_world()
@@ -910,8 +564,6 @@ class Org:
         Our world, seeded (through the gateway, so it learns which access key is which account): kept
         when it is still there, else moto is reset and the world seeded again.
         """
-        from devtools import emulator
-
         if self.seeded and self._world_present():
             return self.seeded
         self.reset()
@@ -942,9 +594,7 @@ class Org:
     def client(self, service: str) -> Any:
         """A client acting in the payer account, on the raw moto server."""
         if service not in self._clients:
-            from devtools import emulator
-
-            session = emulator.session_in(self.moto_url, emulator.PAYER)
+            session = emulator.session_in(self.moto_url, PAYER)
             self._clients[service] = session.client(service, endpoint_url=self.moto_url)
         return self._clients[service]
 
@@ -961,9 +611,7 @@ class Org:
     @property
     def bucket(self) -> str:
         """The output bucket."""
-        from devtools.emulator import BUCKET
-
-        return BUCKET
+        return emulator.BUCKET
 
     def expected(self, *, without: frozenset[tuple[str, str]] = frozenset()) -> set[tuple[str, str, str]]:
         """(Account, Region, InstanceId) of every listed instance, except in (account, region) ``without``."""
@@ -1049,3 +697,81 @@ class Org:
 def without_collected_at(rows: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:
     """CSV rows without the collection time (the only column that differs between two clean runs)."""
     return [{k: v for k, v in row.items() if k != "CollectedAt"} for row in rows]
+
+
+# --------------------------------------------------------------------------------------------------
+# One module's cluster, end to end
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Harness:
+    """A test module's cluster: its API, the gateway, the organisation, the components and PostgreSQL."""
+
+    api: AirflowApi
+    gateway: AwsGateway
+    org: Org
+    cluster: AirflowCluster
+    pg: Postgres
+    base_env: dict[str, str]
+    """The DAG's environment (``sandbox.airflow_env``) before the cluster's settings and the caller's."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def running_cluster(
+    workdir: Path,
+    *,
+    gateway_seed: int,
+    world: World | None = None,
+    knobs: Mapping[str, str] | None = None,
+    settings: Mapping[str, str] | None = None,
+    variable_in_database: bool = False,
+    celery_workers: Sequence[str] = (),
+    worker_concurrency: int = 2,
+) -> Iterator[Harness]:
+    """
+    PostgreSQL (and Redis as the broker when there are ``celery_workers``), the gateway and ``world``
+    (default :func:`small_world`), ``airflow db migrate`` while the world is seeded, the scheduler, DAG
+    processor and API server (the Celery workers booting meanwhile), then the DAG unpaused as with the
+    UI's toggle; the components' logs stay in ``workdir``. ``knobs`` are the DAG's deployment knobs and
+    ``settings`` more environment over :func:`cluster_env`'s: a caller that changes a default says why
+    where it passes it. With ``variable_in_database`` the Variable is set through the REST API, as an
+    operator sets it in the UI, instead of as ``AIRFLOW_VAR_*``. Leaves moto empty for the next module.
+    """
+    started = time.monotonic()
+    home = workdir / "home"
+    home.mkdir()
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(AwsGateway(seed=gateway_seed))
+        pg = stack.enter_context(Postgres())
+        redis = stack.enter_context(Redis()) if celery_workers else None
+        org = Org(gateway.url, gateway.moto_url, world)
+        stack.callback(org.reset)  # after the components stopped
+        variable = {**emulator.demo_variable(org.world), "regions": REGIONS}
+        base = sandbox.airflow_env(home, emulator.demo_connection(gateway.url), variable, knobs)
+        env = dict(base)
+        if variable_in_database:
+            del env["AIRFLOW_VAR_CMDB_EC2_INVENTORY"]
+        port = free_port()
+        if redis is None:
+            env = cluster_env(env, home, pg.url, port)
+        else:
+            env = cluster_env(env, home, pg.url, port, executor="CeleryExecutor", broker_url=redis.url)
+        env.update(settings or {})
+        cluster = stack.enter_context(AirflowCluster(workdir, env, port))
+        migrate = cluster.migrate()
+        org.ensure()  # seeds while the database migrates
+        cluster.wait_migrated(migrate)
+        for name in celery_workers:  # they boot while the other components do
+            cluster.start_worker(name, concurrency=worker_concurrency)
+        cluster.start(sandbox.DAG_ID)
+        for name in celery_workers:
+            cluster.wait_worker(name)
+        if variable_in_database:
+            cluster.api.post("/variables", {"key": "cmdb_ec2_inventory", "value": json.dumps(variable)})
+        cluster.api.patch(f"/dags/{sandbox.DAG_ID}", {"is_paused": False})  # the UI's toggle
+        timings = {"cluster_ready": time.monotonic() - started, **cluster.timings}
+        log.warning("Airflow cluster ready: %s", timings)
+        yield Harness(cluster.api, gateway, org, cluster, pg, base, timings)
+        log.warning("Airflow cluster: module took %.0f s", time.monotonic() - started)

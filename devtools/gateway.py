@@ -316,8 +316,8 @@ class Call:
     duration: float
 
 
-class RuleOptions(TypedDict, total=False):
-    """Keyword options shared by ``add_rule`` and the fault helpers."""
+class _Matches(TypedDict, total=False):
+    """What a request is matched on, by rules and by call filters alike."""
 
     service: Match
     action: Match
@@ -327,6 +327,11 @@ class RuleOptions(TypedDict, total=False):
     bucket: Match
     key_prefix: str | None
     access_key: Match
+
+
+class RuleOptions(_Matches, total=False):
+    """Keyword options shared by ``add_rule`` and the fault helpers."""
+
     when: Callable[[Request], bool] | None
     latency: float
     times: int | None
@@ -336,17 +341,9 @@ class RuleOptions(TypedDict, total=False):
     seed: int | None
 
 
-class CallFilters(TypedDict, total=False):
+class CallFilters(_Matches, total=False):
     """Filters of ``calls``/``count``; ``fault`` is the error code or ``"reset"``."""
 
-    service: Match
-    action: Match
-    account: Match
-    region: Match
-    role_arn: Match
-    bucket: Match
-    key_prefix: str | None
-    access_key: Match
     method: Match
     fault: Match
     status: int | Collection[int] | None

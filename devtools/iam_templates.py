@@ -1,20 +1,43 @@
-"""Render the IAM roles of the shipped CloudFormation templates (``include/iam``) to plain JSON.
+"""
+The shipped CloudFormation templates (``include/iam``), deployed with moto's CloudFormation.
 
-Tests and the demo seeder use this so the policies they exercise are the policies we ship. Only the
-subset of CloudFormation the templates use is evaluated: String parameters (defaults, AllowedValues,
-AllowedPattern, Min/MaxLength), Number parameters (MinValue/MaxValue; a ``Ref`` gives the number as a
-string, as in CloudFormation), Conditions, ``Ref`` (parameters and the AWS::Partition, AWS::AccountId,
-AWS::Region, AWS::URLSuffix and AWS::NoValue pseudo parameters), ``Fn::Sub``, ``Fn::If``,
-``Fn::Equals``, ``Fn::Not``, ``Fn::And``, ``Fn::Or``, ``Fn::Join`` and ``Condition``. Anything else raises
-:class:`TemplateError` rather than being guessed at.
+:func:`deploy` creates a stack from a template in the account its clients act in (moto's server on
+loopback, or moto in-process) and reads back what the stack made: its outputs and every IAM role as IAM
+holds it. :func:`render_role` does that in a throwaway in-process moto, for tests that need a role's
+documents; :func:`render_properties` evaluates one resource's properties with moto's CloudFormation
+parser, for the properties moto's resources do not apply (the bucket's lifecycle rules, its public access
+block and ownership controls: moto's bucket applies only ``BucketEncryption`` and ``Tags``).
+
+What moto 5.2.5's CloudFormation does differently from CloudFormation, and this module does instead
+(nothing else):
+
+- **Parameters**: moto checks no constraint (``Type: Number``, ``AllowedValues``, ``AllowedPattern``,
+  ``MinLength``/``MaxLength``, ``MinValue``/``MaxValue``) and ignores undeclared ones:
+  :func:`check_parameters` checks them before anything is sent.
+- **YAML short forms**: moto's loader reads ``!Condition X`` as ``Fn::Condition``, which its condition
+  evaluator does not know, so an ``!And``/``!Or`` over conditions is always false (the hub's instance
+  profile and the discovery role's ExternalId/organization condition would silently vanish): templates
+  are sent as JSON in the long form (:func:`template_body`).
+- **Pseudo parameters**: ``AWS::Partition`` is always ``aws`` and ``AWS::URLSuffix`` ``amazonaws.com``:
+  for another partition they are substituted before the template is sent.
+- **Inline role policies**: ``AWS::NoValue`` as a list item stays a ``null`` item, and a policy written as
+  a mapping is stored as Python's ``repr`` of it, not JSON (moto's IAM enforcement cannot read that): each
+  inline policy is read back, its nulls dropped, and put again with ``PutRolePolicy``, which validates it
+  as CloudFormation's IAM does.
+- **What moto skips**: a resource type it does not implement (a warning), an intrinsic function it does
+  not know (kept as a literal value) and a role's ``ManagedPolicyArns`` (ignored) would deploy a stack
+  that looks narrower than the template: :func:`deploy` refuses such a template instead.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import re
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,44 +47,64 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "include" / "iam"
 """Where the shipped templates live (``include/iam``)."""
 
 ROLE_TYPE = "AWS::IAM::Role"
-_ROLE_PROPERTIES = frozenset(
-    {"RoleName", "AssumeRolePolicyDocument", "Policies", "MaxSessionDuration", "Path", "Description"}
+# Resource types whose properties moto's CloudFormation deploys (checked against moto's models), each with
+# the properties it ignores: a template using them would deploy less than it says.
+DEPLOYABLE_TYPES: dict[str, frozenset[str]] = {
+    ROLE_TYPE: frozenset({"ManagedPolicyArns"}),
+    "AWS::IAM::InstanceProfile": frozenset(),
+    "AWS::S3::Bucket": frozenset(),  # only encryption and tags are applied: see render_properties
+}
+# The intrinsic functions moto's CloudFormation evaluates (moto.cloudformation.parsing.clean_json and
+# parse_condition); any other "Fn::" would be kept as a literal mapping.
+_INTRINSICS = frozenset(
+    {"Base64", "FindInMap", "GetAZs", "GetAtt", "If", "ImportValue", "Join", "Select", "Split", "Sub"}
+    | {"ToJsonString", "Equals", "Not", "And", "Or"}
 )
-_SUB_VAR = re.compile(r"\$\{([^}]*)\}")
+_PARTITION_SUFFIXES = {"aws-cn": "amazonaws.com.cn"}
 
 
 class TemplateError(ValueError):
-    """The template, or the parameters given for it, cannot be rendered."""
-
-
-class _NoValue:
-    """The value of ``Ref: AWS::NoValue``: the enclosing key or list item is removed."""
-
-    def __repr__(self) -> str:
-        return "AWS::NoValue"
-
-
-NO_VALUE: Any = _NoValue()
+    """The template, or the parameters given for it, cannot be deployed."""
 
 
 @dataclass(frozen=True)
-class RenderedRole:
-    """One ``AWS::IAM::Role`` as CloudFormation would create it."""
+class DeployedRole:
+    """One ``AWS::IAM::Role`` of a stack, as IAM holds it after the deployment."""
 
     role_name: str
+    arn: str
     assume_role_policy: dict[str, Any]
     policies: dict[str, dict[str, Any]]
     max_session_duration: int = 3600
     path: str = "/"
     description: str = ""
-    logical_id: str = field(default="", compare=False)
+    logical_id: str = ""
 
 
-# --------------------------------------------------------------------------- YAML loading
+@dataclass(frozen=True)
+class Stack:
+    """A created stack: its name, outputs and the roles it made (by logical id)."""
+
+    name: str
+    outputs: dict[str, str]
+    roles: dict[str, DeployedRole]
+
+    def role(self, logical_id: str | None = None) -> DeployedRole:
+        """The stack's only role, or the one with ``logical_id``."""
+        if logical_id is None:
+            if len(self.roles) != 1:
+                raise TemplateError(f"stack {self.name} has roles {sorted(self.roles)}; pass logical_id")
+            return next(iter(self.roles.values()))
+        if logical_id not in self.roles:
+            raise TemplateError(f"stack {self.name} has no role {logical_id!r}: {sorted(self.roles)}")
+        return self.roles[logical_id]
+
+
+# --------------------------------------------------------------------------- loading
 
 
 class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that understands CloudFormation short-form tags and keeps dates as strings."""
+    """SafeLoader that reads CloudFormation's short forms as the long forms, and keeps dates as strings."""
 
 
 # CloudFormation keeps "2012-10-17" a string; YAML 1.1 would make it a date.
@@ -70,24 +113,9 @@ _CfnLoader.yaml_implicit_resolvers = {
     for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
-_SHORT_FORMS = {
-    "Ref": "Ref",
-    "Condition": "Condition",
-    "Sub": "Fn::Sub",
-    "If": "Fn::If",
-    "Equals": "Fn::Equals",
-    "Not": "Fn::Not",
-    "And": "Fn::And",
-    "Or": "Fn::Or",
-    "Join": "Fn::Join",
-    "GetAtt": "Fn::GetAtt",
-}
 
-
-def _construct_short_form(loader: _CfnLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
-    name = _SHORT_FORMS.get(tag_suffix)
-    if name is None:
-        raise TemplateError(f"unsupported CloudFormation tag !{tag_suffix} at {node.start_mark}")
+def _construct_short_form(loader: _CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = suffix if suffix in ("Ref", "Condition") else f"Fn::{suffix}"
     value: Any
     if isinstance(node, yaml.ScalarNode):
         value = loader.construct_scalar(node)
@@ -95,10 +123,8 @@ def _construct_short_form(loader: _CfnLoader, tag_suffix: str, node: yaml.Node) 
             value = str(value).split(".", 1)
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
-    elif isinstance(node, yaml.MappingNode):
-        value = loader.construct_mapping(node, deep=True)
-    else:  # pragma: no cover - PyYAML has no other node kinds
-        raise TemplateError(f"cannot read !{tag_suffix} at {node.start_mark}")
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
     return {name: value}
 
 
@@ -128,136 +154,11 @@ def load_template(name: str, template_dir: Path | None = None) -> dict[str, Any]
     return parse_template(path.read_text(encoding="utf-8"))
 
 
-# --------------------------------------------------------------------------- evaluation
+# --------------------------------------------------------------------------- what moto does not check
 
 
-class _Evaluator:
-    """Evaluates intrinsic functions against resolved parameters and conditions."""
-
-    def __init__(self, template: Mapping[str, Any], refs: dict[str, Any]) -> None:
-        self._conditions: Mapping[str, Any] = template.get("Conditions") or {}
-        self._refs = refs
-        self._resolved: dict[str, bool] = {}
-        self._resolving: set[str] = set()
-
-    def condition(self, name: Any) -> bool:
-        """The value of the named condition."""
-        if not isinstance(name, str) or name not in self._conditions:
-            raise TemplateError(f"unknown condition {name!r}")
-        if name in self._resolved:
-            return self._resolved[name]
-        if name in self._resolving:
-            raise TemplateError(f"condition {name!r} refers to itself")
-        self._resolving.add(name)
-        value = self._boolean(self._conditions[name])
-        self._resolving.discard(name)
-        self._resolved[name] = value
-        return value
-
-    def _boolean(self, node: Any) -> bool:
-        if isinstance(node, dict) and list(node) == ["Condition"]:
-            return self.condition(node["Condition"])
-        value = self.value(node)
-        if isinstance(value, bool):
-            return value
-        if value in ("true", "false"):
-            return value == "true"
-        raise TemplateError(f"expected a condition, got {value!r}")
-
-    def value(self, node: Any) -> Any:
-        """Evaluate ``node``; may return :data:`NO_VALUE`."""
-        if isinstance(node, list):
-            items = [self.value(item) for item in node]
-            return [item for item in items if item is not NO_VALUE]
-        if not isinstance(node, dict):
-            return node
-        if len(node) == 1:
-            ((key, arg),) = node.items()
-            if key == "Ref" or key.startswith("Fn::"):
-                return self._intrinsic(key, arg)
-        result = {}
-        for key, child in node.items():
-            value = self.value(child)
-            if value is not NO_VALUE:
-                result[key] = value
-        return result
-
-    def _intrinsic(self, name: str, arg: Any) -> Any:
-        if name == "Ref":
-            return self._ref(arg)
-        if name == "Fn::If":
-            if not (isinstance(arg, list) and len(arg) == 3):
-                raise TemplateError(f"Fn::If needs [condition, value_if_true, value_if_false], got {arg!r}")
-            return self.value(arg[1] if self.condition(arg[0]) else arg[2])
-        if name == "Fn::Equals":
-            if not (isinstance(arg, list) and len(arg) == 2):
-                raise TemplateError(f"Fn::Equals needs two values, got {arg!r}")
-            left, right = (self._string(self.value(item), name) for item in arg)
-            return left == right
-        if name == "Fn::Not":
-            if not (isinstance(arg, list) and len(arg) == 1):
-                raise TemplateError(f"Fn::Not needs one condition, got {arg!r}")
-            return not self._boolean(arg[0])
-        if name in ("Fn::And", "Fn::Or"):
-            if not (isinstance(arg, list) and 2 <= len(arg) <= 10):
-                raise TemplateError(f"{name} needs 2 to 10 conditions, got {arg!r}")
-            values = [self._boolean(item) for item in arg]
-            return all(values) if name == "Fn::And" else any(values)
-        if name == "Fn::Sub":
-            return self._sub(arg)
-        if name == "Fn::Join":
-            return self._join(arg)
-        raise TemplateError(f"unsupported intrinsic function {name} ({arg!r})")
-
-    def _ref(self, name: Any) -> Any:
-        if not isinstance(name, str):
-            raise TemplateError(f"Ref needs a name, got {name!r}")
-        if name not in self._refs:
-            raise TemplateError(f"unsupported Ref {name!r} (only parameters and pseudo parameters)")
-        return self._refs[name]
-
-    def _sub(self, arg: Any) -> str:
-        variables: dict[str, Any] = {}
-        if isinstance(arg, list):
-            if len(arg) != 2 or not isinstance(arg[1], dict):
-                raise TemplateError(f"Fn::Sub list form needs [string, {{variables}}], got {arg!r}")
-            arg, raw = arg
-            variables = {key: self.value(value) for key, value in raw.items()}
-        if not isinstance(arg, str):
-            raise TemplateError(f"Fn::Sub needs a string, got {arg!r}")
-
-        def replace(match: re.Match[str]) -> str:
-            var = match.group(1)
-            if var.startswith("!"):
-                return "${" + var[1:] + "}"
-            value = variables[var] if var in variables else self._sub_ref(var)
-            return self._string(value, "Fn::Sub")
-
-        return _SUB_VAR.sub(replace, arg)
-
-    def _sub_ref(self, var: str) -> Any:
-        if "." in var and var not in self._refs:
-            raise TemplateError(f"unsupported Fn::Sub attribute reference ${{{var}}}")
-        return self._ref(var)
-
-    def _join(self, arg: Any) -> str:
-        if not (isinstance(arg, list) and len(arg) == 2 and isinstance(arg[0], str)):
-            raise TemplateError(f"Fn::Join needs [delimiter, [values]], got {arg!r}")
-        values = self.value(arg[1])
-        if not isinstance(values, list):
-            raise TemplateError(f"Fn::Join needs a list of values, got {values!r}")
-        return arg[0].join(self._string(value, "Fn::Join") for value in values)
-
-    @staticmethod
-    def _string(value: Any, where: str) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str | int | float):
-            return str(value)
-        raise TemplateError(f"{where} needs a string value, got {value!r}")
-
-
-def _parameter_values(template: Mapping[str, Any], given: Mapping[str, str]) -> dict[str, str]:
+def check_parameters(template: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, str]:
+    """Every declared parameter's value (given or default), checked against its constraints."""
     declared: Mapping[str, Any] = template.get("Parameters") or {}
     unknown = sorted(set(given) - set(declared))
     if unknown:
@@ -302,75 +203,165 @@ def _check_number(name: str, value: str, spec: Mapping[str, Any]) -> None:
         raise TemplateError(f"parameter {name}={value!r} is above MaxValue {spec['MaxValue']}")
 
 
-def _pseudo_parameters(partition: str, account_id: str, region: str) -> dict[str, Any]:
-    return {
-        "AWS::Partition": partition,
-        "AWS::AccountId": account_id,
-        "AWS::Region": region,
-        "AWS::URLSuffix": "amazonaws.com.cn" if partition == "aws-cn" else "amazonaws.com",
-        "AWS::NoValue": NO_VALUE,
-    }
+def check_deployable(template: Mapping[str, Any]) -> None:
+    """Refuse what moto would skip or keep literally: unknown resource types, properties, intrinsics."""
+    for logical_id, resource in (template.get("Resources") or {}).items():
+        kind = resource.get("Type") if isinstance(resource, dict) else None
+        if kind not in DEPLOYABLE_TYPES:
+            raise TemplateError(f"{logical_id}: moto's CloudFormation does not deploy {kind!r}")
+        ignored = sorted(DEPLOYABLE_TYPES[kind] & set(resource.get("Properties") or {}))
+        if ignored:
+            raise TemplateError(f"{logical_id}: moto's CloudFormation ignores {ignored}")
+    for section in ("Conditions", "Resources", "Outputs"):
+        for key in _keys(template.get(section)):
+            if key.startswith("Fn::") and key[4:] not in _INTRINSICS:
+                raise TemplateError(f"{section}: moto's CloudFormation does not evaluate {key}")
 
 
-def _document(value: Any, where: str) -> dict[str, Any]:
-    if isinstance(value, str):
+def _keys(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in [str(key), *_keys(value)]]
+    if isinstance(node, list):
+        return [k for item in node for k in _keys(item)]
+    return []
+
+
+def template_body(template: Mapping[str, Any], partition: str = "aws") -> str:
+    """The template as JSON in the long form, with ``partition``'s pseudo parameters substituted."""
+    body = json.dumps(template)
+    suffix = _PARTITION_SUFFIXES.get(partition, "amazonaws.com")
+    for name, value in (("AWS::Partition", partition), ("AWS::URLSuffix", suffix)):
+        body = body.replace(json.dumps({"Ref": name}), json.dumps(value)).replace(f"${{{name}}}", value)
+    return body
+
+
+def _without_nulls(node: Any) -> Any:
+    """``node`` without the ``null`` list items that ``AWS::NoValue`` leaves in moto."""
+    if isinstance(node, list):
+        return [_without_nulls(item) for item in node if item is not None]
+    if isinstance(node, dict):
+        return {key: _without_nulls(value) for key, value in node.items()}
+    return node
+
+
+def _stored_document(stored: Any, where: str) -> dict[str, Any]:
+    """A policy document as moto's IAM returns it: parsed JSON, JSON text, or moto's Python repr."""
+    document = stored
+    if isinstance(stored, str):
         try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise TemplateError(f"{where} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise TemplateError(f"{where} must be a policy document mapping, got {value!r}")
-    return value
+            document = json.loads(stored)
+        except ValueError:
+            try:
+                document = ast.literal_eval(stored)  # moto stores a mapping given by CloudFormation as repr
+            except (ValueError, SyntaxError) as exc:
+                raise TemplateError(f"{where}: unreadable policy document {stored[:200]!r}") from exc
+    if not isinstance(document, dict):
+        raise TemplateError(f"{where}: a policy document must be a mapping, got {document!r}")
+    return dict(_without_nulls(document))
 
 
-def render_role_from_template(
-    template: Mapping[str, Any],
+# --------------------------------------------------------------------------- deployment
+
+
+def deploy(
+    cfn: Any,
+    iam: Any,
+    template: str | Mapping[str, Any],
     parameters: Mapping[str, str] | None = None,
     *,
+    stack_name: str | None = None,
     partition: str = "aws",
-    account_id: str = "111111111111",
-    region: str = "us-east-1",
-    logical_id: str | None = None,
-) -> RenderedRole:
-    """Render the (only, or ``logical_id``) ``AWS::IAM::Role`` of an already-loaded template."""
-    resources: Mapping[str, Any] = template.get("Resources") or {}
-    roles = [key for key, res in resources.items() if isinstance(res, dict) and res.get("Type") == ROLE_TYPE]
-    if logical_id is None:
-        if len(roles) != 1:
-            raise TemplateError(f"expected exactly one {ROLE_TYPE} resource, found {roles}; pass logical_id")
-        logical_id = roles[0]
-    elif logical_id not in roles:
-        raise TemplateError(f"no {ROLE_TYPE} resource {logical_id!r}; the template has {roles}")
+    template_dir: Path | None = None,
+) -> Stack:
+    """
+    Create the stack of ``template`` (a shipped template's name, or a loaded template) with ``cfn``, a
+    CloudFormation client of the target account, and read back its roles with ``iam`` (same account).
+    """
+    if isinstance(template, str):
+        stack_name = stack_name or Path(template).stem
+        template = load_template(template, template_dir)
+    if not stack_name:
+        raise TemplateError("a loaded template needs a stack_name")
+    values = check_parameters(template, parameters or {})
+    check_deployable(template)
+    try:
+        cfn.create_stack(
+            StackName=stack_name,
+            TemplateBody=template_body(template, partition),
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()],
+            Capabilities=["CAPABILITY_NAMED_IAM"],
+        )
+        (described,) = cfn.describe_stacks(StackName=stack_name)["Stacks"]
+        summaries = cfn.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
+    except Exception as exc:  # botocore's ClientError, or moto's own error when it runs in-process
+        raise TemplateError(f"stack {stack_name}: CloudFormation refused it: {exc!r}") from exc
+    if described["StackStatus"] != "CREATE_COMPLETE":
+        raise TemplateError(f"stack {stack_name} is {described['StackStatus']}")
+    roles = {
+        s["LogicalResourceId"]: _settle_role(iam, s["PhysicalResourceId"], s["LogicalResourceId"])
+        for s in summaries
+        if s.get("ResourceType") == ROLE_TYPE
+    }
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+    return Stack(stack_name, outputs, roles)
 
-    refs: dict[str, Any] = _pseudo_parameters(partition, account_id, region)
-    refs.update(_parameter_values(template, parameters or {}))
-    evaluator = _Evaluator(template, refs)
 
-    resource = resources[logical_id]
-    if "Condition" in resource and not evaluator.condition(resource["Condition"]):
-        raise TemplateError(f"{logical_id} is not created with these parameters")
-    props = evaluator.value(resource.get("Properties") or {})
-    extra = sorted(set(props) - _ROLE_PROPERTIES)
-    if extra:
-        raise TemplateError(f"{logical_id}: unsupported role properties {extra}")
-    if not isinstance(props.get("RoleName"), str):
-        raise TemplateError(f"{logical_id}: RoleName must be set (generated names are not supported)")
-
+def _settle_role(iam: Any, role_name: str, logical_id: str) -> DeployedRole:
+    """Store the role's inline policies as JSON without nulls (see the module docstring); read it back."""
+    role = iam.get_role(RoleName=role_name)["Role"]
+    stored_trust = role["AssumeRolePolicyDocument"]
+    trust = _stored_document(stored_trust, f"{logical_id} trust policy")
+    if trust != stored_trust:
+        iam.update_assume_role_policy(RoleName=role_name, PolicyDocument=json.dumps(trust))
     policies: dict[str, dict[str, Any]] = {}
-    for policy in props.get("Policies", []):
-        name = policy.get("PolicyName")
-        if not isinstance(name, str) or name in policies:
-            raise TemplateError(f"{logical_id}: missing or duplicate PolicyName {name!r}")
-        policies[name] = _document(policy.get("PolicyDocument"), f"{logical_id} policy {name}")
-
-    return RenderedRole(
-        role_name=props["RoleName"],
-        assume_role_policy=_document(props.get("AssumeRolePolicyDocument"), f"{logical_id} trust policy"),
+    for name in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
+        stored = iam.get_role_policy(RoleName=role_name, PolicyName=name)["PolicyDocument"]
+        policies[name] = _stored_document(stored, f"{logical_id} policy {name}")
+        iam.put_role_policy(RoleName=role_name, PolicyName=name, PolicyDocument=json.dumps(policies[name]))
+    return DeployedRole(
+        role_name=role["RoleName"],
+        arn=role["Arn"],
+        assume_role_policy=trust,
         policies=policies,
-        max_session_duration=int(props.get("MaxSessionDuration", 3600)),
-        path=str(props.get("Path", "/")),
-        description=str(props.get("Description", "")),
+        max_session_duration=int(role.get("MaxSessionDuration", 3600)),
+        path=role.get("Path", "/"),
+        description=role.get("Description", ""),
         logical_id=logical_id,
+    )
+
+
+# --------------------------------------------------------------------------- in a throwaway moto
+
+
+@functools.cache
+def _mock_session() -> Any:
+    """One boto3 session for every in-process rendering: its service models are loaded once."""
+    import boto3
+
+    return boto3.session.Session()
+
+
+def _mocked_clients(account_id: str, region: str) -> tuple[Any, Any]:
+    """CloudFormation and IAM clients acting in ``account_id`` of the in-process moto."""
+    from botocore.config import Config
+
+    # Never a configured endpoint (AWS_ENDPOINT_URL may name a loopback server): moto in-process only.
+    config = Config(ignore_configured_endpoint_urls=True)
+    session = _mock_session()
+    sts = session.client(
+        "sts", region_name=region, config=config, aws_access_key_id="render", aws_secret_access_key="render"
+    )
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account_id}:role/render", RoleSessionName="render")[
+        "Credentials"
+    ]
+    keys = {
+        "aws_access_key_id": creds["AccessKeyId"],
+        "aws_secret_access_key": creds["SecretAccessKey"],
+        "aws_session_token": creds["SessionToken"],
+    }
+    return (
+        session.client("cloudformation", region_name=region, config=config, **keys),
+        session.client("iam", region_name=region, config=config, **keys),
     )
 
 
@@ -383,16 +374,29 @@ def render_role(
     *,
     logical_id: str | None = None,
     template_dir: Path | None = None,
-) -> RenderedRole:
-    """Render the IAM role of the shipped template ``template_name`` with these parameter values."""
-    return render_role_from_template(
-        load_template(template_name, template_dir),
-        parameters,
-        partition=partition,
-        account_id=account_id,
-        region=region,
-        logical_id=logical_id,
-    )
+) -> DeployedRole:
+    """
+    The IAM role the shipped template ``template_name`` creates with these parameters: deployed with
+    moto's CloudFormation in-process (inside the caller's ``mock_aws`` if there is one, where the stack is
+    deleted again), read back from IAM.
+    """
+    from moto import mock_aws
+
+    with mock_aws():
+        cfn, iam = _mocked_clients(account_id, region)
+        stack = deploy(
+            cfn,
+            iam,
+            template_name,
+            parameters,
+            stack_name=f"render-{uuid.uuid4().hex[:12]}",
+            partition=partition,
+            template_dir=template_dir,
+        )
+        try:
+            return stack.role(logical_id)
+        finally:
+            cfn.delete_stack(StackName=stack.name)
 
 
 def render_properties(
@@ -405,17 +409,24 @@ def render_properties(
     *,
     template_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The ``Properties`` of one resource of a shipped template, evaluated with these parameter values."""
+    """
+    The ``Properties`` of one resource of a shipped template as moto's CloudFormation evaluates them (its
+    ``ResourceMap`` and ``clean_json``, what ``create_stack`` runs), without creating anything.
+    """
+    from moto import mock_aws
+    from moto.cloudformation.parsing import ResourceMap, clean_json
+
     template = load_template(template_name, template_dir)
-    resource = (template.get("Resources") or {}).get(logical_id)
+    values = check_parameters(template, parameters or {})
+    check_deployable(template)
+    body = json.loads(template_body(template, partition))
+    resource = body["Resources"].get(logical_id)
     if not isinstance(resource, dict):
         raise TemplateError(f"no resource {logical_id!r} in {template_name}")
-    refs: dict[str, Any] = _pseudo_parameters(partition, account_id, region)
-    refs.update(_parameter_values(template, parameters or {}))
-    evaluator = _Evaluator(template, refs)
-    if "Condition" in resource and not evaluator.condition(resource["Condition"]):
-        raise TemplateError(f"{logical_id} is not created with these parameters")
-    props = evaluator.value(resource.get("Properties") or {})
-    if not isinstance(props, dict):
-        raise TemplateError(f"{logical_id}: Properties must be a mapping")
-    return props
+    with mock_aws():
+        resources = ResourceMap("render", "render", values, {}, region, account_id, body, {})
+        resources.load()
+        if "Condition" in resource and not resources.lazy_condition_map[resource["Condition"]]:
+            raise TemplateError(f"{logical_id} is not created with these parameters")
+        props = clean_json(resource.get("Properties") or {}, resources)
+    return dict(_without_nulls(props))

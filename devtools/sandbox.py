@@ -96,10 +96,13 @@ def migrate(env: Mapping[str, str]) -> None:
 
 
 def dags_test(
-    env: Mapping[str, str], logical_date: str, conf: Mapping[str, Any] | None = None
+    env: Mapping[str, str],
+    logical_date: str,
+    conf: Mapping[str, Any] | None = None,
+    dag_id: str = DAG_ID,
 ) -> subprocess.CompletedProcess[str]:
     """One full DAG run with Airflow's test runner (``airflow dags test``); non-zero exit when it fails."""
-    cmd = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, logical_date]
+    cmd = [sys.executable, "-m", "airflow", "dags", "test", dag_id, logical_date]
     if conf:
         cmd += ["--conf", json.dumps(conf)]
     # The command is this interpreter running Airflow's CLI with fixed arguments.

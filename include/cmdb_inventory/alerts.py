@@ -1,4 +1,4 @@
-"""Task failure and missed-deadline alerts to the CMDB topic, through the Amazon provider's SNS."""
+"""Task failure and missed-deadline alerts to the CMDB topic, published the one way (``notify.publish``)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,31 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseNotifier, DeadlineAlert, DeadlineReference, SyncCallback
+from airflow.sdk import BaseNotifier
 
-from include.cmdb_inventory.text import SNS_SUBJECT_LIMIT, clean
+# Where Airflow defines them: ``airflow.sdk`` exports them at run time, but its stub (``__init__.pyi``) not.
+from airflow.sdk.definitions.callback import SyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+
+from include.cmdb_inventory import notify
+from include.cmdb_inventory.text import clean
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 log = logging.getLogger(__name__)
 
-DEADLINE_NAME = "cmdb_ec2_inventory not finished"
+DAG_ID = "cmdb_ec2_inventory"  # the DAG the deadline alert watches (and the alerts' default name)
+DEADLINE_NAME = f"{DAG_ID} not finished"
 # Standard topics only: the notifications are published without a MessageGroupId, which FIFO topics need.
 TOPIC_ARN_RE = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}")
 
 
-def _account_of(context: dict[str, Any]) -> str:
+def _account_of(context: Mapping[str, Any]) -> str:
     ti = context.get("ti")
     label = getattr(ti, "rendered_map_index", None)
     if label:
@@ -37,27 +46,30 @@ class TaskFailureNotifier(BaseNotifier):
     ``on_failure_callback`` that publishes the failed task and its account to ``sns_topic_arn``.
 
     The topic and connection are read from the configuration when the failure happens (never at parse
-    time); the provider's :class:`SnsNotifier` does the publishing. Without a topic the alert is logged.
+    time); :func:`~include.cmdb_inventory.notify.publish` publishes it, through the provider's ``SnsHook``
+    as the provider's ``SnsNotifier`` does. Without a topic the alert is logged.
     """
 
     template_fields = ()
 
-    def notify(self, context: dict[str, Any]) -> None:
+    def notify(self, context: Context) -> None:
         """Publish one alert; never raise (a failing alert must not hide the task's own error)."""
         from include.cmdb_inventory.aws.redaction import scrub
-        from include.cmdb_inventory.notify import failure_message
 
         ti = context.get("ti")
         task_id = getattr(ti, "task_id", "?")
-        run_id = getattr(context.get("dag_run"), "run_id", "?")
-        text = failure_message(
+        dag_run = context.get("dag_run")
+        dag_id = str(getattr(dag_run, "dag_id", "") or DAG_ID)
+        text = notify.failure_message(
             task=task_id,
             account=_account_of(context),
-            run_id=run_id,
+            run_id=getattr(dag_run, "run_id", "?"),
             try_number=int(getattr(ti, "try_number", 0) or 0),
             error=scrub(str(context.get("exception") or "unknown error")),
+            dag_id=dag_id,
         )
         try:
+            # Not at module level: the DAG files import this module, and the adapter's imports are heavy.
             from include.cmdb_inventory.tasks import settings_from
 
             settings = settings_from(context)
@@ -68,15 +80,13 @@ class TaskFailureNotifier(BaseNotifier):
             log.error("No sns_topic_arn configured; failure alert:\n%s", text)
             return
         try:
-            from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
-
-            SnsNotifier(
+            notify.publish(
+                settings.sns_topic_arn,
+                f"{dag_id}: {task_id} failed",
+                text,
                 aws_conn_id=settings.aws_conn_id,
-                target_arn=settings.sns_topic_arn,
-                message=text,
-                subject=clean(f"cmdb_ec2_inventory: {task_id} failed", SNS_SUBJECT_LIMIT - 1),
                 region_name=settings.hub_region,
-            ).notify(context)
+            )
         except Exception:
             log.exception("Could not publish the failure alert:\n%s", text)
 
@@ -162,8 +172,11 @@ def deadline_message(dag_run: dict[str, Any], deadline: dict[str, Any], minutes:
     )
 
 
-def _alert_target(topic_arn: str | None) -> tuple[str, str, str] | None:
-    """(topic, connection id, region) of the deadline alert, or None (then it is only logged)."""
+def _alert_target(topic_arn: str | None) -> tuple[str, str, str | None] | None:
+    """
+    (topic, connection id, region) of the deadline alert, or None (then it is only logged); the region is
+    None when neither the topic fixed at parse time nor the Variable's ``hub_region`` names one.
+    """
     try:
         from include.cmdb_inventory.tasks import settings_from
 
@@ -200,14 +213,6 @@ def deadline_missed(context: dict[str, Any], minutes: float = 0.0, topic_arn: st
         log.error("No topic configured for the deadline alert:\n%s", text)
         return
     topic, conn_id, region = target
-    from airflow.providers.amazon.aws.hooks.sns import SnsHook
-
-    SnsHook(aws_conn_id=conn_id, region_name=region).publish_to_target(
-        target_arn=topic,
-        message=text,
-        subject=clean(
-            f"cmdb_ec2_inventory: run {dag_run.get('dag_run_id', '?')} missed its deadline",
-            SNS_SUBJECT_LIMIT - 1,
-        ),
-    )
+    subject = f"{DAG_ID}: run {dag_run.get('dag_run_id', '?')} missed its deadline"
+    notify.publish(topic, subject, text, aws_conn_id=conn_id, region_name=region)
     log.warning("Deadline missed; alerted %s:\n%s", topic, text)

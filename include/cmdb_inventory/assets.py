@@ -5,17 +5,19 @@ The bucket is only known at run time (the Variable), so the asset has a stable l
 ``CMDB_EC2_INVENTORY_ASSET_URI`` in the environment (read when the DAG is parsed, never a Variable) to
 give it a real URI such as ``s3://bucket/prefix/latest/ec2_inventory.csv``. ``merge_inventory`` declares
 the alias :data:`SNAPSHOT_ALIAS` as its outlet and adds an event for :data:`SNAPSHOT` through it only
-when it wrote a snapshot: a run that skips the date, fails to write, or runs in preflight mode emits
-nothing (a plain Asset outlet would emit an event on every successful run).
+when it wrote a snapshot: a run that skips the date, fails to write, or is a preflight emits nothing (a
+plain Asset outlet would emit an event on every successful run).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, AssetAlias
+
+if TYPE_CHECKING:
+    from include.cmdb_inventory.contract import RunSummary
 
 ASSET_NAME = "cmdb_ec2_inventory_snapshot"
 ASSET_URI = os.environ.get("CMDB_EC2_INVENTORY_ASSET_URI", "x-cmdb://ec2-inventory/snapshot")
@@ -39,7 +41,7 @@ EXTRA_KEYS = (
 )
 
 
-def event_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
+def event_extra(summary: RunSummary) -> dict[str, Any]:
     """The asset event's ``extra``: where the snapshot is and what it covers (JSON values only)."""
     extra = {
         "csv_uri": summary["csv_uri"],
@@ -58,9 +60,9 @@ def event_extra(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {k: extra[k] for k in EXTRA_KEYS}
 
 
-def emit_snapshot_event(outlet_events: Any, summary: Mapping[str, Any]) -> bool:
+def emit_snapshot_event(outlet_events: Any, summary: RunSummary) -> bool:
     """Add the snapshot's asset event through the alias when the run wrote the snapshot; say whether."""
-    if not summary.get("written") or summary.get("mode") == "preflight":
+    if not summary.get("written"):  # a preflight's summary is never "written" either
         return False
     outlet_events[SNAPSHOT_ALIAS].add(SNAPSHOT, extra=event_extra(summary))
     return True

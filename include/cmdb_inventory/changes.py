@@ -304,14 +304,8 @@ def read_rows(source: IO[bytes]) -> Iterator[dict[str, str]]:
 def snapshot_dates(store: SnapshotStore) -> list[str]:
     """Every date with a snapshot folder (``{prefix}/ds=YYYY-MM-DD/``), from S3's listing, oldest first."""
     root = f"{store.layout.prefix}/ds="
-    dates: list[str] = []
-    paginator = store.s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=store.bucket, Prefix=root, Delimiter="/", **store.owner_args):
-        for common in page.get("CommonPrefixes") or []:
-            ds = common["Prefix"][len(root) :].rstrip("/")
-            if _DS_RE.match(ds):
-                dates.append(ds)
-    return sorted(dates)
+    dates = (folder[len(root) :].rstrip("/") for folder in store.list_folders(root))
+    return sorted(ds for ds in dates if _DS_RE.match(ds))
 
 
 def find_previous(
@@ -348,26 +342,16 @@ def find_previous(
 
 def _download(store: SnapshotStore, manifest: Mapping[str, Any], out: IO[bytes]) -> None:
     """The previous snapshot's CSV into ``out``, checked against the SHA-256 its manifest recorded."""
-    from botocore.exceptions import ClientError
-
     key = str(manifest["csv_key"])
-    try:
-        body = store.s3.get_object(Bucket=store.bucket, Key=key, **store.owner_args)["Body"]
-    except ClientError as err:
-        if str(err.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
-            raise ChangeDataError(f"the previous snapshot's CSV {store.uri(key)} is missing") from None
-        raise
-    digest = hashlib.sha256()
-    while chunk := body.read(CHUNK):
-        digest.update(chunk)
-        out.write(chunk)
+    sha256 = store.download_into(key, out)
+    if sha256 is None:
+        raise ChangeDataError(f"the previous snapshot's CSV {store.uri(key)} is missing")
     expected = manifest.get("csv_sha256")
-    if expected and digest.hexdigest() != expected:
+    if expected and sha256 != expected:
         raise ChangeDataError(
             f"the previous snapshot's CSV {store.uri(key)} does not match its manifest's csv_sha256 "
             "(replaced since?)"
         )
-    out.flush()
 
 
 def _sha256(fileobj: IO[bytes]) -> str:

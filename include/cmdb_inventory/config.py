@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from include.cmdb_inventory.organizations import OrganizationsSettings
+from typing import Any
 
 VARIABLE_KEY = "cmdb_ec2_inventory"
+ORGANIZATIONS_KEY = "organizations"
 
 # ASCII-only \d and \w, and \Z rather than $ (which also matches before a trailing newline).
 ACCOUNT_ID_RE = re.compile(r"^\d{12}\Z", re.ASCII)
@@ -27,6 +24,12 @@ KMS_KEY_RE = re.compile(
     re.ASCII,
 )
 CONN_ID_RE = re.compile(r"^[\w.-]{1,250}\Z", re.ASCII)
+ROOT_ID_RE = re.compile(r"^r-[0-9a-z]{4,32}\Z", re.ASCII)
+OU_ID_RE = re.compile(r"^ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}\Z", re.ASCII)
+# arn:{partition}:iam::{account}:role/{optional/path/}{name}
+ROLE_ARN_RE = re.compile(
+    r"^arn:(aws[a-z-]*):iam::(\d{12}):role/((?:[\x21-\x7e]*/)?[\w+=,.@-]{1,64})\Z", re.ASCII
+)
 ACCOUNT_NAME_MAX = 256
 # AssumeRole's limits: SourceIdentity 2-64 of [\w+=,.@-]; at most 50 session tags, keys 1-128 and values
 # 0-256 characters of [\p{L}\p{Z}\p{N}_.:/=+\-@], keys unique regardless of case and not starting aws:.
@@ -67,6 +70,16 @@ class Account:
     def from_dict(cls, data: Mapping[str, Any]) -> Account:
         """Inverse of :meth:`to_dict`."""
         return cls(id=str(data["id"]), name=str(data.get("name") or ""))
+
+
+@dataclass(frozen=True)
+class OrganizationsSettings:
+    """The validated ``organizations`` setting: where to discover accounts (organizations.py asks AWS)."""
+
+    role_arn: str | None = None
+    include_ous: tuple[str, ...] = ()
+    exclude_ous: tuple[str, ...] = ()
+    exclude_accounts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,12 +145,9 @@ _KNOWN_KEYS = {
 }
 
 
-@cache
 def known_regions() -> frozenset[str]:
     """Every region botocore knows, in every partition."""
-    from include.cmdb_inventory.aws.hooks import (
-        shared_botocore_session,  # botocore's data parsed once per process
-    )
+    from include.cmdb_inventory.aws.clients import shared_botocore_session
 
     session = shared_botocore_session()
     regions: set[str] = set()
@@ -276,7 +286,8 @@ def _region_list(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
         raise ConfigError(key, f"must be a list of region names, got {_short(value)}")
-    unknown = [r for r in value if r not in known_regions()]
+    known = known_regions()
+    unknown = [r for r in value if r not in known]
     if unknown:
         raise ConfigError(key, f"unknown region name {_short(unknown[0])}")
     seen: list[str] = []
@@ -323,6 +334,66 @@ def parse_accounts(value: Any, key: str = "accounts") -> tuple[Account, ...]:
     return tuple(accounts)
 
 
+def _id_list(raw: Mapping[str, Any], name: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
+    key = f"{ORGANIZATIONS_KEY}.{name}"
+    value = raw.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of {what}, got {_short(value)}")
+    seen: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not pattern.match(item):
+            raise ConfigError(f"{key}[{index}]", f"{_short(item)} is not {what}")
+        if item in seen:
+            raise ConfigError(f"{key}[{index}]", f"duplicate {item}")
+        seen.append(item)
+    return tuple(seen)
+
+
+def parse_organizations(value: Any, static_ids: Sequence[str] = ()) -> OrganizationsSettings:
+    """Validate the ``organizations`` object (no AWS call); errors name the key, e.g. ``include_ous[1]``."""
+    key = ORGANIZATIONS_KEY
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            key,
+            f"must be an object with role_arn, include_ous, exclude_ous, exclude_accounts; "
+            f"got {_short(value)}",
+        )
+    allowed = ("role_arn", "include_ous", "exclude_ous", "exclude_accounts")
+    unknown = sorted(str(k) for k in value if k not in allowed)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", f"unknown key (allowed: {', '.join(allowed)})")
+    role_arn = value.get("role_arn")
+    if role_arn is not None and (not isinstance(role_arn, str) or not ROLE_ARN_RE.match(role_arn)):
+        raise ConfigError(
+            f"{key}.role_arn",
+            f"{_short(role_arn)} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)",
+        )
+    include = _id_list(
+        value,
+        "include_ous",
+        re.compile(f"{OU_ID_RE.pattern}|{ROOT_ID_RE.pattern}"),
+        "an OU id (ou-...) or root id (r-...)",
+    )
+    exclude = _id_list(value, "exclude_ous", OU_ID_RE, "an OU id (ou-xxxx-xxxxxxxx)")
+    both = [ou for ou in exclude if ou in include]
+    if both:
+        index = exclude.index(both[0])
+        raise ConfigError(f"{key}.exclude_ous[{index}]", f"{both[0]} is also in include_ous")
+    accounts = _id_list(value, "exclude_accounts", ACCOUNT_ID_RE, "a 12-digit account id (as a string)")
+    listed = [a for a in accounts if a in static_ids]
+    if listed:
+        index = accounts.index(listed[0])
+        raise ConfigError(
+            f"{key}.exclude_accounts[{index}]",
+            f"{listed[0]} is also listed in accounts: remove it from one of the two",
+        )
+    return OrganizationsSettings(
+        role_arn=role_arn, include_ous=include, exclude_ous=exclude, exclude_accounts=accounts
+    )
+
+
 def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Settings:
     """Validate the Variable's JSON (already decoded) and the run's Params into :class:`Settings`."""
     if isinstance(raw, str):
@@ -341,8 +412,6 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
     # subset of them for one run, never adds to them (resolve_accounts refuses any other account).
     organizations = None
     if raw.get("organizations") is not None:
-        from include.cmdb_inventory.organizations import parse_organizations
-
         static = raw.get("accounts")
         static_accounts = parse_accounts(static) if static not in (None, []) else ()
         organizations = parse_organizations(raw["organizations"], [a.id for a in static_accounts])

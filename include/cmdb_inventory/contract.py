@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
 
 SCHEMA_VERSION = 1
 
@@ -117,3 +118,160 @@ class CommitLayout(Layout):
     def snapshot(self, ds: str, name: str) -> str:
         """The commit's file for its own date; the contract's key for any other date."""
         return f"{self.folder}/{name}" if ds == self.ds else super().snapshot(ds, name)
+
+
+# --- The shapes of the documents and XComs (what the code writes; ``NotRequired``: only some have it) ---
+# An AWS error is ``{"code": ..., "message": ...}`` (``aws.errors.error_of``) wherever one is kept.
+
+
+class RegionStatus(TypedDict):
+    """One region of an account, as its scan left it (in the account's status document)."""
+
+    region: str
+    status: str
+    instances: int
+    error: NotRequired[dict[str, str]]  # where not OK
+
+
+class AccountStatus(TypedDict):
+    """
+    One account's status document, ``{staging}/status/{account}.json`` (``Layout.status``): written by
+    ``scan_account`` before any failure is raised, read by ``merge_inventory``; ``status`` is a coverage
+    status of the whole account, ``regions`` each region's.
+    """
+
+    account: str
+    account_name: str
+    dag_run_id: str
+    try_number: int
+    finished_at: str
+    regions: list[RegionStatus]
+    instances: int
+    part_key: str | None  # the account's part (gzip CSV rows) when it was scanned
+    error: dict[str, str] | None
+    status: str
+    role_arn: NotRequired[str]
+    regions_source: NotRequired[str]
+    note: NotRequired[str]
+
+
+class LedgerEntry(TypedDict):
+    """One entry of the manifest's ``coverage``: an account and region, or an account (``region`` None)."""
+
+    account: str
+    account_name: str
+    region: str | None
+    status: str
+    instances: int
+    error: NotRequired[dict[str, str] | None]  # where not OK
+    note: NotRequired[str]
+
+
+class ManifestAccount(TypedDict):
+    """One entry of the manifest's ``accounts``: each expected account's own status."""
+
+    id: str
+    name: str
+    status: str
+    role_arn: str
+    regions_source: str
+    try_number: int | None
+
+
+class PublishedFile(TypedDict):
+    """A fixed-name file of a snapshot and the object it is a copy of (``key`` None: it must not exist)."""
+
+    name: str
+    key: str | None
+    bytes: int | None
+
+
+class Manifest(TypedDict):
+    """
+    ``ds=YYYY-MM-DD/manifest.json`` (and ``latest/manifest.json``): the snapshot's commit point and its
+    coverage ledger. The keys from ``csv_sha256`` on are set when a snapshot is written (committed).
+    """
+
+    schema_version: int
+    dag_id: str
+    dag_run_id: str
+    logical_date: str
+    ds: str
+    collected_at: str
+    csv_key: str
+    csv_uri: str
+    columns: list[str]
+    row_count: int
+    complete: bool
+    subset: bool
+    accounts_requested: list[str] | None  # the accounts a Param-subset run named; None for a full run
+    accounts_expected: int
+    accounts_covered: int
+    regions_scanned: int
+    regions_disabled: int
+    denied_regions_fail_coverage: bool
+    accounts: list[ManifestAccount]
+    coverage: list[LedgerEntry]
+    accounts_source: str
+    expected_accounts: list[dict[str, str]]  # {"id", "name", "source"}
+    accounts_not_scanned: list[dict[str, str]]  # {"id", "name", "state", "reason"}
+    csv_sha256: NotRequired[str]
+    csv_bytes: NotRequired[int]
+    commit_id: NotRequired[str]
+    commit_prefix: NotRequired[str]
+    changes: NotRequired[dict[str, Any]]  # changes.write_changes' summary
+    parquet: NotRequired[dict[str, Any] | None]  # formats.write_formats' entries
+    athena: NotRequired[dict[str, Any]]
+    published: NotRequired[list[PublishedFile]]
+    replaces_commit_prefix: NotRequired[str | None]
+
+
+class Plan(TypedDict):
+    """What ``resolve_accounts`` decided for the run (its XCom ``plan``, read by the merge)."""
+
+    expected: list[dict[str, str]]  # the accounts this run scans (``Account.to_dict``)
+    expected_accounts: list[dict[str, str]]  # the whole expected set, each with its source
+    not_scanned: list[dict[str, str]]
+    accounts_source: str
+    skip_reason: str | None  # why nothing is scanned (the date is already complete), if so
+
+
+class Resolved(Plan):
+    """``resolve_accounts``' answer: the plan and the accounts to map over."""
+
+    accounts: list[dict[str, str]]
+
+
+class UnusableDocument(TypedDict):
+    """A document the merge could not use (not JSON, not an object): where, and why."""
+
+    key: str
+    uri: str
+    problem: str
+
+
+class RunSummary(TypedDict):
+    """``merge_inventory``'s XCom, what ``notify_cmdb`` and ``check_coverage`` read: small, keys not data."""
+
+    ds: str
+    dag_run_id: str
+    written: bool
+    decision_reason: str
+    csv_uri: str
+    manifest_uri: str
+    latest_uri: str
+    latest_updated: bool
+    row_count: int
+    accounts_expected: int
+    accounts_covered: int
+    regions_scanned: int
+    regions_disabled: int
+    run_complete: bool
+    snapshot_complete: bool
+    subset: bool  # this run's, whether or not it was written
+    accounts_requested: list[str] | None
+    gap_count: int
+    gaps: list[LedgerEntry]  # the first ``MAX_GAPS_IN_XCOM``
+    changes: dict[str, Any] | None
+    parquet_uri: str | None
+    unusable: list[UnusableDocument]

@@ -6,7 +6,8 @@ Parquet holds the CSV's columns, typed: ``LaunchTime`` and ``CollectedAt`` as ``
 (null when empty), every other column a string (``Tags`` the same JSON text). Cells hold exactly the CSV's
 values, including the leading ``'`` of formula neutralisation: once written, a neutralising quote cannot be
 told apart from a quote that was in the data, so removing it would alter data. It is written by streaming
-the merged CSV in blocks into row groups, so memory stays bounded whatever the number of instances.
+the merged CSV in blocks into row groups, spooled to disk and uploaded a chunk at a time through the store
+(like the CSV), so memory stays bounded whatever the number of instances.
 
 Athena reads every file under a table's (or partition's) location, and a snapshot folder also holds
 ``manifest.json`` and ``changes.csv``; so the tables are symlink tables (as S3 Inventory's are): each
@@ -131,25 +132,6 @@ def _put_symlink(store: SnapshotStore, table: str, ds: str, data_key: str) -> st
     return key
 
 
-def _delete(store: SnapshotStore, key: str) -> None:
-    """Remove a file this snapshot no longer has (no error when there is none)."""
-    store.s3.delete_object(Bucket=store.bucket, Key=key, **store.owner_args)
-
-
-def _upload(store: SnapshotStore, fileobj: IO[bytes], key: str, metadata: Mapping[str, str]) -> None:
-    from boto3.s3.transfer import TransferConfig
-
-    fileobj.seek(0)
-    config = TransferConfig(multipart_threshold=16 * CHUNK, multipart_chunksize=16 * CHUNK, max_concurrency=4)
-    store.s3.upload_fileobj(
-        fileobj,
-        store.bucket,
-        key,
-        ExtraArgs={"ContentType": PARQUET_CONTENT_TYPE, "Metadata": dict(metadata), **store.write_args},
-        Config=config,
-    )
-
-
 def write_formats(
     store: SnapshotStore, ds: str, manifest: Mapping[str, Any], csv_file: IO[bytes], *, parquet: bool
 ) -> dict[str, Any]:
@@ -164,7 +146,9 @@ def write_formats(
     parquet_link_target = str(manifest.get("parquet_key") or parquet_key)
     parquet_entry: dict[str, Any] | None = None
     if parquet:
-        with spool() as out:
+        # Spooled like the merged CSV (on disk beyond CHUNK here: the digest needs the whole file before
+        # the upload), then the store's upload: one chunk in memory at a time, whatever the file's size.
+        with spool(CHUNK) as out:
             counts = csv_to_parquet(csv_file, out, parquet_metadata(manifest))
             if counts["row_count"] != int(manifest.get("row_count") or 0):
                 raise RuntimeError(
@@ -176,10 +160,11 @@ def write_formats(
             while chunk := out.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
-            _upload(
-                store,
+            out.seek(0)
+            store.upload_file(
                 out,
                 parquet_key,
+                PARQUET_CONTENT_TYPE,
                 {"sha256": digest.hexdigest(), "rows": str(counts["row_count"]), "schema-version": "1"},
             )
         parquet_entry = {
@@ -194,8 +179,9 @@ def write_formats(
         }
         log.info("Wrote %s (%d rows, %d bytes)", store.uri(parquet_key), counts["row_count"], size)
     else:
-        _delete(store, parquet_key)
-        _delete(store, symlink_key(store, PARQUET_TABLE, ds))
+        # A file of an earlier run of this date that this snapshot no longer has (no error when none).
+        store.delete(parquet_key)
+        store.delete(symlink_key(store, PARQUET_TABLE, ds))
     athena = {
         "csv_symlink_key": _put_symlink(store, CSV_TABLE, ds, csv_key),
         "parquet_symlink_key": _put_symlink(store, PARQUET_TABLE, ds, parquet_link_target)
@@ -215,4 +201,4 @@ def publish_latest(store: SnapshotStore, manifest: Mapping[str, Any]) -> None:
     if parquet:
         store.copy(parquet["key"], layout.latest(PARQUET_NAME))
     else:
-        _delete(store, layout.latest(PARQUET_NAME))
+        store.delete(layout.latest(PARQUET_NAME))

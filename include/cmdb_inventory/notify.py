@@ -1,5 +1,6 @@
 """
-The text of the CMDB team's notification and of failure alerts.
+The one way this project publishes to SNS (:func:`publish`), and the text of the CMDB team's notification
+and of failure alerts.
 
 Every value shown is cleaned and cut (:func:`~include.cmdb_inventory.text.clean`: tag authors choose names
 and tag values), every line is bounded, and the whole notification stays within
@@ -9,8 +10,9 @@ on a line pointing at ``changes.csv`` or the manifest, which hold everything.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 from include.cmdb_inventory.text import (
     ELLIPSIS,
@@ -22,10 +24,75 @@ from include.cmdb_inventory.text import (
     cut_published,
     line_cost,
     published_size,
+    utf8_size,
 )
+
+if TYPE_CHECKING:
+    from include.cmdb_inventory.config import Settings
+    from include.cmdb_inventory.contract import RunSummary
+
+log = logging.getLogger(__name__)
 
 MAX_GAPS_LISTED = 50
 SNS_SUBJECT_MAX = SNS_SUBJECT_LIMIT  # a subject is shorter than this (characters)
+
+
+class Receipt(TypedDict):
+    """What was published (a notification's XCom): where, its subject, its size, SNS's id; never the text."""
+
+    topic_arn: str | None
+    subject: str
+    message_bytes: int
+    message_id: str | None  # None when nothing was published (no topic configured)
+
+
+def publish(
+    topic_arn: str, subject: str, message: str, *, aws_conn_id: str, region_name: str | None = None
+) -> Receipt:
+    """
+    Publish one message to an SNS topic through the Amazon provider's ``SnsHook.publish_to_target``: the
+    one path of every notification and alert, so each keeps SNS's limits (``text``): a subject shorter
+    than ``SNS_SUBJECT_LIMIT`` without control characters, a message within ``MAX_MESSAGE_BYTES`` as SNS
+    counts it. Errors propagate; the caller decides whether one may.
+
+    :param topic_arn: a standard topic's ARN (the messages carry no ``MessageGroupId``)
+    :param aws_conn_id: the Airflow connection of the publishing identity
+    :param region_name: the topic's region; None: the connection's
+    """
+    from airflow.providers.amazon.aws.hooks.sns import SnsHook
+
+    subject = clean(subject, SNS_SUBJECT_LIMIT - 1)
+    message = cut_published(message, MAX_MESSAGE_BYTES)
+    hook = SnsHook(aws_conn_id=aws_conn_id, region_name=region_name)
+    response = hook.publish_to_target(target_arn=topic_arn, message=message, subject=subject)
+    message_id = response.get("MessageId") if isinstance(response, Mapping) else None
+    return {
+        "topic_arn": topic_arn,
+        "subject": subject,
+        "message_bytes": utf8_size(message),
+        "message_id": None if message_id is None else str(message_id),
+    }
+
+
+def send(settings: Settings, subject: str, message: str) -> Receipt:
+    """Publish to the configured ``sns_topic_arn`` on the hub connection, or log the text without one."""
+    if not settings.sns_topic_arn:
+        log.info("No sns_topic_arn configured; the notification would be:\n%s", message)
+        return {
+            "topic_arn": None,
+            "subject": subject,
+            "message_bytes": utf8_size(message),
+            "message_id": None,
+        }
+    receipt = publish(
+        settings.sns_topic_arn,
+        subject,
+        message,
+        aws_conn_id=settings.aws_conn_id,
+        region_name=settings.hub_region,
+    )
+    log.info("Notified %s:\n%s", settings.sns_topic_arn, message)
+    return receipt
 
 
 class _Listing(NamedTuple):
@@ -140,14 +207,14 @@ def _fit(head: Sequence[str], parts: Sequence[_Listing]) -> str:
     return cut_published("\n".join(lines), MAX_MESSAGE_BYTES)
 
 
-def subject(summary: Mapping[str, Any]) -> str:
+def subject(summary: RunSummary) -> str:
     """A short subject line: shorter than SNS allows (``SNS_SUBJECT_MAX``), no control characters."""
     state = "complete" if summary.get("snapshot_complete") else "INCOMPLETE"
     text = f"EC2 inventory {clean(summary['ds'])}: {clean(summary['row_count'])} instances, {state}"
     return clean(text, SNS_SUBJECT_MAX - 1)
 
 
-def message(summary: Mapping[str, Any]) -> str:
+def message(summary: RunSummary) -> str:
     """
     Where the CSV is, what it holds and covers, each gap with its reason and the first changes, as many as
     fit in :data:`MAX_MESSAGE_BYTES` (the rest counted, with where to find them).
@@ -166,7 +233,8 @@ def message(summary: Mapping[str, Any]) -> str:
         f"Complete: {'yes' if summary.get('run_complete') else 'no'}",
     ]
     if summary.get("subset"):
-        lines.append(f"Subset:   only the {len(summary['accounts_requested'])} account(s) its param names")
+        requested = summary.get("accounts_requested") or []
+        lines.append(f"Subset:   only the {len(requested)} account(s) its param names")
     if summary.get("written"):
         lines.append(f"Why:      {summary['decision_reason']}")
     if summary.get("latest_updated"):
@@ -192,12 +260,14 @@ def message(summary: Mapping[str, Any]) -> str:
     return _fit(lines, parts)
 
 
-def failure_message(task: str, account: str, run_id: str, try_number: int, error: str) -> str:
-    """A task failure alert naming the task and the account (each value cleaned and cut)."""
+def failure_message(
+    task: str, account: str, run_id: str, try_number: int, error: str, dag_id: str = "cmdb_ec2_inventory"
+) -> str:
+    """A task failure alert naming the DAG, the task and the account (each value cleaned and cut)."""
     task, account, run_id = clean(task), clean(account, MAX_TEXT_CHARS), clean(run_id, MAX_TEXT_CHARS)
     where = f"{task} for account {account}" if account else task
     return (
-        f"cmdb_ec2_inventory: {where} failed (run {run_id}, try {try_number}).\n"
+        f"{clean(dag_id)}: {where} failed (run {run_id}, try {try_number}).\n"
         f"Error: {clean(error, MAX_TEXT_CHARS)}\n"
         "Other accounts are not affected; the run's manifest lists every gap."
     )

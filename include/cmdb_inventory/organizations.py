@@ -1,6 +1,6 @@
 """
-Accounts from AWS Organizations: the ``organizations`` setting, the OU walk, and which accounts are
-scanned (ACTIVE ones) or listed as not scanned, with why.
+Accounts from AWS Organizations: the OU walk of the ``organizations`` setting (validated in config.py), and
+which accounts are scanned (ACTIVE ones) or listed as not scanned, with why; the run's expected accounts.
 
 Nothing here talks to AWS when the configuration is parsed: :func:`discover` runs in ``resolve_accounts``.
 """
@@ -8,13 +8,18 @@ Nothing here talks to AWS when the configuration is parsed: :func:`discover` run
 from __future__ import annotations
 
 import logging
-import re
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from include.cmdb_inventory.config import ACCOUNT_ID_RE, Account, ConfigError
+from include.cmdb_inventory.config import (
+    ORGANIZATIONS_KEY,
+    ROLE_ARN_RE,
+    Account,
+    ConfigError,
+    OrganizationsSettings,
+)
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -23,13 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KEY = "organizations"
-ROOT_ID_RE = re.compile(r"^r-[0-9a-z]{4,32}\Z", re.ASCII)
-OU_ID_RE = re.compile(r"^ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}\Z", re.ASCII)
-# arn:{partition}:iam::{account}:role/{optional/path/}{name}
-ROLE_ARN_RE = re.compile(
-    r"^arn:(aws[a-z-]*):iam::(\d{12}):role/((?:[\x21-\x7e]*/)?[\w+=,.@-]{1,64})\Z", re.ASCII
-)
 ACTIVE = "ACTIVE"
 
 # Where an expected account came from (manifest ``expected_accounts[].source``).
@@ -37,81 +35,6 @@ FROM_STATIC = "accounts"
 FROM_ORGANIZATIONS = "organizations"
 FROM_BOTH = "accounts+organizations"
 FROM_PARAMS = "params.accounts"
-
-
-@dataclass(frozen=True)
-class OrganizationsSettings:
-    """The validated ``organizations`` setting."""
-
-    role_arn: str | None = None
-    include_ous: tuple[str, ...] = ()
-    exclude_ous: tuple[str, ...] = ()
-    exclude_accounts: tuple[str, ...] = ()
-
-
-def _short(value: Any) -> str:
-    from include.cmdb_inventory.config import _short as short
-
-    return short(value)
-
-
-def _id_list(raw: Mapping[str, Any], name: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
-    key = f"{KEY}.{name}"
-    value = raw.get(name)
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ConfigError(key, f"must be a list of {what}, got {_short(value)}")
-    seen: list[str] = []
-    for index, item in enumerate(value):
-        if not isinstance(item, str) or not pattern.match(item):
-            raise ConfigError(f"{key}[{index}]", f"{_short(item)} is not {what}")
-        if item in seen:
-            raise ConfigError(f"{key}[{index}]", f"duplicate {item}")
-        seen.append(item)
-    return tuple(seen)
-
-
-def parse_organizations(value: Any, static_ids: Sequence[str] = ()) -> OrganizationsSettings:
-    """Validate the ``organizations`` object (no AWS call); errors name the key, e.g. ``include_ous[1]``."""
-    if not isinstance(value, Mapping):
-        raise ConfigError(
-            KEY,
-            f"must be an object with role_arn, include_ous, exclude_ous, exclude_accounts; "
-            f"got {_short(value)}",
-        )
-    allowed = ("role_arn", "include_ous", "exclude_ous", "exclude_accounts")
-    unknown = sorted(str(k) for k in value if k not in allowed)
-    if unknown:
-        raise ConfigError(f"{KEY}.{unknown[0]}", f"unknown key (allowed: {', '.join(allowed)})")
-    role_arn = value.get("role_arn")
-    if role_arn is not None and (not isinstance(role_arn, str) or not ROLE_ARN_RE.match(role_arn)):
-        raise ConfigError(
-            f"{KEY}.role_arn",
-            f"{_short(role_arn)} is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME)",
-        )
-    include = _id_list(
-        value,
-        "include_ous",
-        re.compile(f"{OU_ID_RE.pattern}|{ROOT_ID_RE.pattern}"),
-        "an OU id (ou-...) or root id (r-...)",
-    )
-    exclude = _id_list(value, "exclude_ous", OU_ID_RE, "an OU id (ou-xxxx-xxxxxxxx)")
-    both = [ou for ou in exclude if ou in include]
-    if both:
-        index = exclude.index(both[0])
-        raise ConfigError(f"{KEY}.exclude_ous[{index}]", f"{both[0]} is also in include_ous")
-    accounts = _id_list(value, "exclude_accounts", ACCOUNT_ID_RE, "a 12-digit account id (as a string)")
-    listed = [a for a in accounts if a in static_ids]
-    if listed:
-        index = accounts.index(listed[0])
-        raise ConfigError(
-            f"{KEY}.exclude_accounts[{index}]",
-            f"{listed[0]} is also listed in accounts: remove it from one of the two",
-        )
-    return OrganizationsSettings(
-        role_arn=role_arn, include_ous=include, exclude_ous=exclude, exclude_accounts=accounts
-    )
 
 
 @dataclass
@@ -173,7 +96,8 @@ def list_org_accounts(client: BaseClient, spec: OrganizationsSettings) -> list[t
             if parent in spec.include_ous and code in ("ParentNotFoundException", "InvalidInputException"):
                 index = spec.include_ous.index(parent)
                 raise ConfigError(
-                    f"{KEY}.include_ous[{index}]", f"{parent} is not in the organisation ({code})"
+                    f"{ORGANIZATIONS_KEY}.include_ous[{index}]",
+                    f"{parent} is not in the organisation ({code})",
                 ) from None
             raise
 
@@ -291,8 +215,10 @@ def organizations_client(settings: Settings, session_name: str = "cmdb-organizat
     return base.get_client_type(config=ours.merge(conn_config) if conn_config else ours)
 
 
-def resolve(settings: Settings, client: BaseClient | None = None, session_name: str = "") -> Discovery:
-    """The run's expected accounts: Params override, static list, and/or AWS Organizations."""
+def expected_accounts(
+    settings: Settings, client: BaseClient | None = None, session_name: str = ""
+) -> Discovery:
+    """The run's expected accounts: the Params' list, the static list, and/or AWS Organizations'."""
     if settings.accounts_from_params:
         return Discovery(
             accounts=list(settings.accounts),
@@ -310,7 +236,7 @@ def resolve(settings: Settings, client: BaseClient | None = None, session_name: 
     found = discover(client, settings.organizations, settings.accounts)
     if not found.accounts:
         raise ConfigError(
-            KEY,
+            ORGANIZATIONS_KEY,
             f"AWS Organizations has no ACTIVE account in scope ({len(found.not_scanned)} listed as not "
             "scanned): check include_ous, exclude_ous and exclude_accounts",
         )

@@ -1,5 +1,5 @@
 """
-Preflight for onboarding (the run's Param ``mode`` = ``preflight``): for every expected account, can the
+Preflight for onboarding (the DAG ``cmdb_ec2_inventory_preflight``): for every expected account, can the
 role be assumed, which regions are enabled, and which of them allow ``DescribeInstances`` — without
 scanning inventories or writing a snapshot. The report goes to the run's staging prefix.
 """
@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from include.cmdb_inventory import contract, coverage
+from include.cmdb_inventory import contract, coverage, notify
 from include.cmdb_inventory.aws import errors
+from include.cmdb_inventory.aws.hooks import RoleNotAssumableError
 from include.cmdb_inventory.config import Account, Settings
+from include.cmdb_inventory.regions import plan_regions
+from include.cmdb_inventory.run import RunInfo, hook_for, now_utc
 from include.cmdb_inventory.text import (
     MAX_MESSAGE_BYTES,
     MAX_TEXT_CHARS,
@@ -24,7 +27,7 @@ from include.cmdb_inventory.text import (
 
 if TYPE_CHECKING:
     from include.cmdb_inventory.aws.hooks import CrossAccountHook
-    from include.cmdb_inventory.inventory import RunInfo
+    from include.cmdb_inventory.notify import Receipt
     from include.cmdb_inventory.storage import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,32 @@ MAX_NOT_READY_LISTED = 50
 
 class NotReadyError(RuntimeError):
     """At least one expected account is not ready to be scanned."""
+
+
+class NotReady(TypedDict):
+    """An account that is not ready, and why (one reason per failure)."""
+
+    account: str
+    account_name: str
+    status: str
+    reasons: list[str]
+
+
+class PreflightSummary(TypedDict):
+    """``write_report``'s XCom, what the preflight's notification and check read."""
+
+    mode: str  # PREFLIGHT
+    ds: str
+    dag_run_id: str
+    written: bool  # always False: a preflight writes no snapshot
+    report_uri: str
+    accounts_expected: int
+    accounts_ready: int
+    ready: bool
+    not_ready_count: int
+    not_ready: list[NotReady]  # the first MAX_NOT_READY_IN_XCOM
+    accounts_not_scanned: int
+    deprecation: NotRequired[str]  # a run of the inventory DAG with mode=preflight: what to use instead
 
 
 def status_key(store: SnapshotStore, run: RunInfo, account_id: str) -> str:
@@ -62,7 +91,7 @@ def probe_region(hook: CrossAccountHook, region: str) -> dict[str, Any]:
     return {"region": region, "status": contract.OK}
 
 
-def check_account(
+def probe_account(
     hook: CrossAccountHook,
     account: Account,
     *,
@@ -75,9 +104,6 @@ def check_account(
     Assume the role, plan the regions (``DescribeRegions``, then the configured filters) and probe each
     enabled region once. Never raises for AWS errors: they are the answer.
     """
-    from include.cmdb_inventory.aws.hooks import RoleNotAssumableError
-    from include.cmdb_inventory.regions import plan_regions
-
     doc: dict[str, Any] = {"account": account.id, "account_name": account.name, "regions": []}
     try:
         doc["role_arn"] = hook.assume()
@@ -124,17 +150,16 @@ def reasons_of(doc: Mapping[str, Any], denied_is_gap: bool = True) -> list[str]:
     ]
 
 
-def preflight_account(
+def check_account(
     settings: Settings,
     run: RunInfo,
     account: Account,
     store: SnapshotStore,
-    hook: CrossAccountHook | None = None,
+    *,
+    hook: CrossAccountHook | None = None,  # tests pass one; the DAG's task builds the account's own
 ) -> dict[str, Any]:
-    """``scan_account`` in preflight mode: check one account, write its result, return a small summary."""
-    from include.cmdb_inventory.inventory import hook_for, now_utc
-
-    doc = check_account(
+    """The preflight DAG's ``check_account``: probe one account, write its result, return a small summary."""
+    doc = probe_account(
         hook or hook_for(settings, account, run),
         account,
         regions=settings.regions,
@@ -158,19 +183,17 @@ def preflight_account(
     return {"account": account.id, "ready": not reasons, "status": doc["status"]}
 
 
-def preflight_report(
+def write_report(
     settings: Settings,
     run: RunInfo,
     store: SnapshotStore,
     expected: Sequence[Mapping[str, Any]],
     plan: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> PreflightSummary:
     """
-    ``merge_inventory`` in preflight mode: collect every account's result into the report (staging
-    prefix only: no CSV, manifest or ``latest/``) and return the summary for notify and check.
+    The preflight DAG's ``write_report``: collect every account's result into the report (staging prefix
+    only: no CSV, manifest or ``latest/``) and return the summary for notify and check.
     """
-    from include.cmdb_inventory.inventory import now_utc
-
     plan = plan or {}
     accounts = sorted((Account.from_dict(a) for a in expected), key=lambda a: a.id)
     results: list[dict[str, Any]] = []
@@ -187,7 +210,7 @@ def preflight_report(
                 "error": {"code": "NoStatus", "message": reason},
             }
         results.append(doc)
-    not_ready = [
+    not_ready: list[NotReady] = [
         {
             "account": d["account"],
             "account_name": d.get("account_name", ""),
@@ -237,18 +260,19 @@ def preflight_report(
     }
 
 
-def subject(summary: Mapping[str, Any]) -> str:
+def subject(summary: PreflightSummary) -> str:
     """SNS subject (at most 100 characters)."""
     state = "all ready" if summary.get("ready") else f"{summary.get('not_ready_count', 0)} NOT READY"
     text = f"EC2 inventory preflight {summary['ds']}: {summary['accounts_expected']} accounts, {state}"
     return clean(text, SNS_SUBJECT_LIMIT - 1)
 
 
-def message(summary: Mapping[str, Any]) -> str:
+def message(summary: PreflightSummary) -> str:
     """The preflight notification: the report's URI, the counts, each account not ready and why."""
     lines = [
         f"EC2 inventory PREFLIGHT for {summary['ds']} (run {summary['dag_run_id']}): nothing was scanned "
         "or written except this report.",
+        *([f"DEPRECATED: {summary['deprecation']}"] if summary.get("deprecation") else []),
         "",
         f"Report:   {summary['report_uri']}",
         f"Accounts: {summary['accounts_ready']} of {summary['accounts_expected']} ready",
@@ -268,8 +292,13 @@ def message(summary: Mapping[str, Any]) -> str:
     return cut_published("\n".join(lines), MAX_MESSAGE_BYTES)
 
 
-def check_ready(summary: Mapping[str, Any]) -> None:
-    """``check_coverage`` in preflight mode: fail when any expected account is not ready."""
+def notify_readiness(settings: Settings, summary: PreflightSummary) -> Receipt:
+    """Publish the preflight's summary to the CMDB team's topic (or log it without one): its receipt."""
+    return notify.send(settings, subject(summary), message(summary))
+
+
+def check_ready(summary: PreflightSummary) -> None:
+    """The preflight DAG's ``check_ready``: fail when any expected account is not ready."""
     if summary.get("ready"):
         log.info("Preflight: every expected account is ready (%s)", summary["report_uri"])
         return

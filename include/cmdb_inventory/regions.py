@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from include.cmdb_inventory.aws.clients import shared_botocore_session
 from include.cmdb_inventory.aws.errors import DENIED_CODES, error_of
 from include.cmdb_inventory.contract import REGION_DISABLED
 
@@ -28,18 +28,12 @@ class RegionPlan:
     note: str = ""
 
 
-@cache
 def partition_regions(partition: str) -> tuple[str, ...]:
     """botocore's list of EC2 regions for one partition."""
-    from include.cmdb_inventory.aws.hooks import (
-        shared_botocore_session,  # botocore's data parsed once per process
-    )
-
     session = shared_botocore_session()
     return tuple(sorted(session.get_available_regions("ec2", partition_name=partition)))
 
 
-@cache
 def region_partition(region: str) -> str | None:
     """
     The partition of a region name: botocore's region lists first, then each partition's name pattern, so
@@ -48,16 +42,9 @@ def region_partition(region: str) -> str | None:
     from botocore.exceptions import UnknownRegionError
 
     try:
-        return str(_botocore_session().get_partition_for_region(region))
+        return str(shared_botocore_session().get_partition_for_region(region))
     except UnknownRegionError:
         return None
-
-
-@cache
-def _botocore_session() -> Any:
-    import botocore.session
-
-    return botocore.session.get_session()
 
 
 def _select(candidates: list[str], regions: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:

@@ -62,7 +62,7 @@ def scan_region(
     return records
 
 
-def scan_account(
+def scan_regions(
     hook: CrossAccountHook,
     account: Account,
     *,
@@ -73,7 +73,8 @@ def scan_account(
     threads: int = 8,
 ) -> AccountScan:
     """
-    Scan one account. A role that cannot be assumed gives status ``ROLE_NOT_ASSUMABLE``; a region that
+    Scan one account's regions: assume its role, plan its regions, list each (in parallel, paginated).
+    A role that cannot be assumed gives status ``ROLE_NOT_ASSUMABLE``; a region that
     fails gives that region its own status; both keep the error code and message.
     """
     from include.cmdb_inventory.aws.hooks import RoleNotAssumableError

@@ -1,4 +1,7 @@
-"""S3 layout, parts, the streaming merge, manifests and the overwrite policy."""
+"""
+Every S3 call of the product (``SnapshotStore``: owner-checked, encrypted writes), the parts, the streaming
+merge, manifests and the overwrite policy.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from copy import copy as shallow_copy
 from dataclasses import dataclass
 from itertools import islice
@@ -209,12 +213,23 @@ class SnapshotStore:
         """
         return self.get_document(key).body
 
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """
+        One object's bytes (GetObject); with ``max_bytes``, at most one byte more than that is read, so the
+        caller can tell an object over its limit without reading all of it. S3's errors propagate.
+        """
+        body = self.s3.get_object(Bucket=self.bucket, Key=key, **self.owner_args)["Body"]
+        try:
+            return bytes(body.read() if max_bytes is None else body.read(max_bytes + 1))
+        finally:
+            body.close()
+
     def get_document(self, key: str) -> Document:
         """Read a JSON document, telling a missing one from an unusable one (not JSON, not an object)."""
         from botocore.exceptions import ClientError
 
         try:
-            response = self.s3.get_object(Bucket=self.bucket, Key=key, **self.owner_args)
+            raw = self.get_bytes(key)
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code"))
             if code in ("NoSuchKey", "404"):
@@ -226,7 +241,6 @@ class SnapshotStore:
             if self._first_key(key) != key:
                 return Document(key, None)
             raise self._bucket_error(err) or err from None
-        raw = response["Body"].read()
         try:
             body = json.loads(raw)
         except ValueError as err:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
@@ -262,6 +276,15 @@ class SnapshotStore:
         pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, **self.owner_args)
         return [obj["Key"] for page in pages for obj in page.get("Contents") or []]
 
+    def list_folders(self, prefix: str) -> list[str]:
+        """
+        The "folders" directly under ``prefix`` (ListObjectsV2 with the ``/`` delimiter, paginated): each
+        common prefix, ``prefix`` included, ending in ``/``.
+        """
+        paginator = self.s3.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/", **self.owner_args)
+        return [common["Prefix"] for page in pages for common in page.get("CommonPrefixes") or []]
+
     def delete_keys(self, keys: Iterable[str]) -> None:
         """Delete objects (DeleteObjects, a thousand per request); keys that do not exist are no error."""
         listed = list(keys)
@@ -289,11 +312,26 @@ class SnapshotStore:
         self.put_bytes(key, body, "text/csv", ContentEncoding="gzip")
         return count
 
-    def copy_part_into(self, key: str, out: IO[bytes]) -> None:
-        """Stream one part's rows into ``out`` without holding it in memory."""
-        body = self.s3.get_object(Bucket=self.bucket, Key=key, **self.owner_args)["Body"]
-        with gzip.GzipFile(fileobj=body, mode="rb") as rows:
-            shutil.copyfileobj(rows, out, CHUNK)
+    def download_into(self, key: str, out: IO[bytes]) -> str | None:
+        """
+        Stream one object into ``out``, ``CHUNK`` at a time; return the SHA-256 of its bytes, or ``None``
+        when there is no such object (nothing is written then). Other S3 errors propagate.
+        """
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=key, **self.owner_args)["Body"]
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+                return None
+            raise
+        digest = hashlib.sha256()
+        with closing(body):
+            while chunk := body.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+        out.flush()
+        return digest.hexdigest()
 
     def fetch_part(self, key: str) -> IO[bytes]:
         """One part's compressed bytes in a spooled file (in memory up to ``CHUNK``, then on disk)."""
@@ -346,7 +384,16 @@ class SnapshotStore:
         return digest.hexdigest()
 
     def upload_csv(self, fileobj: IO[bytes], key: str, metadata: Mapping[str, str]) -> None:
-        """Multipart upload (bounded buffers); the object appears only when complete."""
+        """The CSV (or changes.csv) from ``fileobj``'s position: :meth:`upload_file` as ``text/csv``."""
+        self.upload_file(fileobj, key, CSV_CONTENT_TYPE, metadata)
+
+    def upload_file(
+        self, fileobj: IO[bytes], key: str, content_type: str, metadata: Mapping[str, str]
+    ) -> None:
+        """
+        Upload ``fileobj`` from its position: multipart beyond ``UPLOAD_CHUNK``, one chunk in memory at a
+        time whatever the file's size; the object appears only when complete.
+        """
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(
@@ -361,9 +408,34 @@ class SnapshotStore:
             _KeepOpen(fileobj),  # s3transfer closes what it uploads; the caller still needs the file
             self.bucket,
             key,
-            ExtraArgs={"ContentType": CSV_CONTENT_TYPE, "Metadata": dict(metadata), **self.write_args},
+            ExtraArgs={"ContentType": content_type, "Metadata": dict(metadata), **self.write_args},
             Config=config,
         )
+
+    def download_url(self, key: str, filename: str, *, signer: BaseClient, expires_in: int) -> str:
+        """
+        A short-lived GET URL of one object, downloaded as ``filename``, that a browser can use as is.
+
+        The object and its bucket's owner are checked first, by a HeadObject of this store's client
+        (``ExpectedBucketOwner``): no URL is handed out for an object of a bucket another account owns.
+        ``signer`` signs the URL: a client with SigV4 (S3 refuses SigV2 for SSE-KMS objects) and without
+        this store's owner hook, since a browser sends no ``x-amz-*`` header, so only the host may be
+        signed; :func:`check_browser_safe` refuses any other URL. S3's errors propagate.
+        """
+        self.s3.head_object(Bucket=self.bucket, Key=key, **self.owner_args)
+        url = str(
+            signer.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                },
+                ExpiresIn=expires_in,
+            )
+        )
+        check_browser_safe(url)
+        return url
 
     def copy(self, source_key: str, key: str) -> None:
         """Server-side copy within the bucket (managed: multipart for large objects)."""
@@ -388,6 +460,24 @@ class SnapshotStore:
             MetadataDirective="COPY",
             **({"ExpectedSourceBucketOwner": owner} if owner else {}),
             **self.write_args,
+        )
+
+
+class UnsafeUrlError(ValueError):
+    """A presigned URL a browser could not use as is: not SigV4, or signing more than the host."""
+
+
+def check_browser_safe(url: str) -> None:
+    """Refuse (``UnsafeUrlError``) a presigned URL that is not SigV4 or signs more than the host."""
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(url).query)
+    algorithm = query.get("X-Amz-Algorithm", [""])[0]
+    signed = query.get("X-Amz-SignedHeaders", [""])[0]
+    if algorithm != "AWS4-HMAC-SHA256" or signed != "host":
+        raise UnsafeUrlError(
+            f"the presigned URL is signed with {algorithm or 'SigV2'} over headers {signed or '-'!r}; "
+            "a browser needs SigV4 over the host only"
         )
 
 
@@ -419,9 +509,9 @@ class _KeepOpen(io.RawIOBase):
         return self._inner.tell()
 
 
-def spool() -> IO[bytes]:
-    """A temporary file for the merged CSV: in memory while small, on disk beyond 8 MiB."""
-    return tempfile.SpooledTemporaryFile(max_size=8 * CHUNK, mode="w+b")
+def spool(max_memory: int = 8 * CHUNK) -> IO[bytes]:
+    """A temporary file (the merged CSV, the Parquet file): in memory up to ``max_memory``, then on disk."""
+    return tempfile.SpooledTemporaryFile(max_size=max_memory, mode="w+b")
 
 
 # What manifests written before subsets were recorded say for a run whose accounts Param named the accounts.

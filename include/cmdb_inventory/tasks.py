@@ -1,24 +1,40 @@
-"""Glue between Airflow's task context and the steps in :mod:`include.cmdb_inventory.inventory`."""
+"""
+The Airflow adapter: task context in, the steps' calls, domain errors out as Airflow exceptions. The
+steps live in :mod:`~include.cmdb_inventory.inventory` (DAG ``cmdb_ec2_inventory``) and
+:mod:`~include.cmdb_inventory.preflight` (DAG ``cmdb_ec2_inventory_preflight``).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.cmdb_inventory import assets, inventory, preflight
 from include.cmdb_inventory.config import VARIABLE_KEY, Account, ConfigError, Settings, parse_settings
+from include.cmdb_inventory.run import RunInfo, store_for
+
+if TYPE_CHECKING:
+    from include.cmdb_inventory.contract import Plan, RunSummary
+    from include.cmdb_inventory.notify import Receipt
+    from include.cmdb_inventory.preflight import PreflightSummary
 
 log = logging.getLogger(__name__)
+
+# The inventory DAG's Param mode=preflight still runs the preflight, for one release, saying this.
+DEPRECATION = (
+    "the param mode=preflight of cmdb_ec2_inventory is deprecated and goes in the next release: trigger "
+    "the DAG cmdb_ec2_inventory_preflight instead (the same checks and report)"
+)
 
 
 def settings_from(context: Mapping[str, Any]) -> Settings:
     """Read the Variable now (never at parse time) and apply the run's Params; bad config fails for good."""
     from airflow.sdk import Variable
 
-    from include.cmdb_inventory.aws.hooks import guard_botocore_logs
+    from include.cmdb_inventory.aws.redaction import guard_botocore_logs
 
     guard_botocore_logs()  # every task starts here: botocore's DEBUG records never carry credentials
     params = context.get("params") or {}
@@ -31,19 +47,11 @@ def settings_from(context: Mapping[str, Any]) -> Settings:
         raise AirflowFailException(str(err)) from None
 
 
-def mode_of(context: Mapping[str, Any]) -> str:
-    """The run's Param ``mode``: ``inventory`` (default) or ``preflight``."""
-    mode = (context.get("params") or {}).get("mode") or preflight.INVENTORY
-    if mode not in preflight.MODES:
-        raise AirflowFailException(f"invalid param mode: {mode!r} (allowed: {', '.join(preflight.MODES)})")
-    return str(mode)
-
-
-def run_info(context: Mapping[str, Any]) -> inventory.RunInfo:
+def run_info(context: Mapping[str, Any]) -> RunInfo:
     """The run's ids and its logical date (``run_after`` for runs without one)."""
     dag_run = context["dag_run"]
     when = dag_run.logical_date or dag_run.run_after
-    return inventory.RunInfo(
+    return RunInfo(
         dag_id=dag_run.dag_id,
         run_id=dag_run.run_id,
         ds=when.strftime("%Y-%m-%d"),
@@ -52,27 +60,18 @@ def run_info(context: Mapping[str, Any]) -> inventory.RunInfo:
     )
 
 
-def resolve(context: Mapping[str, Any]) -> list[dict[str, str]]:
+def deprecated_preflight(context: Mapping[str, Any]) -> bool:
     """
-    ``resolve_accounts``: the accounts to map over (none when the date is already complete). The plan for
-    merge (every expected account, and why nothing is scanned, if so) goes to the XCom key ``plan``.
+    Whether this run of the inventory DAG asks for a preflight (its Param ``mode``, deprecated: see
+    :data:`DEPRECATION`, logged by every task of such a run); an unknown mode fails the run for good.
     """
-    settings = settings_from(context)
-    overwrite = bool((context.get("params") or {}).get("overwrite"))
-    try:
-        resolved = inventory.resolve_accounts(
-            settings,
-            run_info(context),
-            inventory.store_for(settings),
-            overwrite,
-            preflight=mode_of(context) == preflight.PREFLIGHT,
-        )
-    except ConfigError as err:  # e.g. an include_ous id that is not in the organisation
-        raise AirflowFailException(str(err)) from None
-    check_mappable(len(resolved["accounts"]))
-    keys = ("expected", "skip_reason", "expected_accounts", "not_scanned", "accounts_source")
-    context["ti"].xcom_push(key="plan", value={k: resolved[k] for k in keys})
-    return resolved["accounts"]
+    mode = (context.get("params") or {}).get("mode") or preflight.INVENTORY
+    if mode not in preflight.MODES:
+        raise AirflowFailException(f"invalid param mode: {mode!r} (allowed: {', '.join(preflight.MODES)})")
+    if mode == preflight.INVENTORY:
+        return False
+    log.warning("DEPRECATED: %s", DEPRECATION)
+    return True
 
 
 def check_mappable(count: int) -> None:
@@ -92,37 +91,80 @@ def check_mappable(count: int) -> None:
         )
 
 
-def scan(context: Mapping[str, Any], account: Mapping[str, Any]) -> dict[str, Any]:
-    """``scan_account``: permanent errors fail without retries, transient ones let Airflow retry."""
-    settings = settings_from(context)
-    if mode_of(context) == preflight.PREFLIGHT:
-        return preflight.preflight_account(
-            settings, run_info(context), Account.from_dict(account), inventory.store_for(settings)
-        )
-    try:
-        return inventory.scan_account(
-            settings, run_info(context), Account.from_dict(account), inventory.store_for(settings)
-        )
-    except inventory.PermanentScanError as err:
-        raise AirflowFailException(str(err)) from None
-
-
-def merge(context: Mapping[str, Any]) -> dict[str, Any]:
-    """``merge_inventory``: the CSV, the manifest, ``latest/``; fails at once when nothing was resolved."""
+def _plan(context: Mapping[str, Any]) -> Plan:
+    # resolve_accounts' plan (every expected account, and why nothing is scanned, if so), pulled by key: the
+    # mapped scans' XComs are what the wiring passes, the plan is for the merge alone.
     plan = context["ti"].xcom_pull(task_ids="resolve_accounts", key="plan")
     if not plan:
         raise AirflowFailException(
             "resolve_accounts did not finish (see its log): nothing to merge, nothing written"
         )
+    return cast("Plan", plan)
+
+
+# --- both DAGs --------------------------------------------------------------------------------------------
+
+
+def resolve(context: Mapping[str, Any], *, for_preflight: bool = False) -> list[dict[str, str]]:
+    """
+    ``resolve_accounts``: the accounts to map over (none when the date is already complete, unless the run
+    is a preflight, which checks every account). The plan for the next steps (every expected account,
+    and why nothing is scanned, if so) goes to the XCom key ``plan``.
+    """
     settings = settings_from(context)
-    if mode_of(context) == preflight.PREFLIGHT:
-        return preflight.preflight_report(
-            settings, run_info(context), inventory.store_for(settings), plan["expected"], plan
+    overwrite = bool((context.get("params") or {}).get("overwrite"))
+    try:
+        resolved = inventory.resolve_accounts(
+            settings,
+            run_info(context),
+            store_for(settings),
+            overwrite,
+            preflight=for_preflight or deprecated_preflight(context),
         )
+    except ConfigError as err:  # e.g. an include_ous id that is not in the organisation
+        raise AirflowFailException(str(err)) from None
+    check_mappable(len(resolved["accounts"]))
+    plan: Plan = {
+        "expected": resolved["expected"],
+        "skip_reason": resolved["skip_reason"],
+        "expected_accounts": resolved["expected_accounts"],
+        "not_scanned": resolved["not_scanned"],
+        "accounts_source": resolved["accounts_source"],
+    }
+    context["ti"].xcom_push(key="plan", value=plan)
+    return resolved["accounts"]
+
+
+# --- cmdb_ec2_inventory -----------------------------------------------------------------------------------
+
+
+def scan(context: Mapping[str, Any], account: Mapping[str, Any]) -> dict[str, Any]:
+    """``scan_account``: permanent errors fail without retries, transient ones let Airflow retry."""
+    settings = settings_from(context)
+    checking = deprecated_preflight(context)
+    run, store = run_info(context), store_for(settings)
+    if checking:
+        return preflight.check_account(settings, run, Account.from_dict(account), store)
+    try:
+        return inventory.scan_account(settings, run, Account.from_dict(account), store)
+    except inventory.PermanentScanError as err:
+        raise AirflowFailException(str(err)) from None
+
+
+def merge(context: Mapping[str, Any]) -> RunSummary | PreflightSummary:
+    """``merge_inventory``: the CSV, the manifest, ``latest/``; fails at once when nothing was resolved."""
+    plan = _plan(context)
+    settings = settings_from(context)
+    checking = deprecated_preflight(context)
+    run, store = run_info(context), store_for(settings)
+    if checking:
+        report = preflight.write_report(settings, run, store, plan["expected"], plan)
+        report["deprecation"] = DEPRECATION  # in the XCom and the notification, too
+        return report
     summary = inventory.merge_inventory(
         settings,
-        run_info(context),
-        inventory.store_for(settings),
+        run,
+        store,
         plan["expected"],
         overwrite=bool((context.get("params") or {}).get("overwrite")),
         skip_reason=plan.get("skip_reason"),
@@ -133,17 +175,49 @@ def merge(context: Mapping[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def notify(context: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
+def notify(context: Mapping[str, Any], summary: RunSummary) -> Receipt:
     """``notify_cmdb``: tell the CMDB team."""
+    if deprecated_preflight(context):  # then merge returned the preflight's summary
+        return notify_readiness(context, cast("PreflightSummary", summary))
     return inventory.notify_cmdb(settings_from(context), summary)
 
 
-def check(summary: Mapping[str, Any]) -> None:
-    """``check_coverage``: a short coverage (or, in preflight, an account not ready) fails the run."""
+def check(context: Mapping[str, Any], summary: RunSummary) -> None:
+    """``check_coverage``: a short coverage fails the run."""
+    if deprecated_preflight(context):  # then merge returned the preflight's summary
+        return check_ready(cast("PreflightSummary", summary))
     try:
-        if summary.get("mode") == preflight.PREFLIGHT:
-            preflight.check_ready(summary)
-        else:
-            inventory.check_coverage(summary)
-    except (inventory.CoverageError, preflight.NotReadyError) as err:
+        inventory.check_coverage(summary)
+    except inventory.CoverageError as err:
+        raise AirflowFailException(str(err)) from None
+
+
+# --- cmdb_ec2_inventory_preflight -------------------------------------------------------------------------
+
+
+def check_account(context: Mapping[str, Any], account: Mapping[str, Any]) -> dict[str, Any]:
+    """``check_account``: one account's readiness; AWS errors are the answer, never the task's failure."""
+    settings = settings_from(context)
+    return preflight.check_account(
+        settings, run_info(context), Account.from_dict(account), store_for(settings)
+    )
+
+
+def write_report(context: Mapping[str, Any]) -> PreflightSummary:
+    """``write_report``: every account's readiness in the run's report; fails at once without a plan."""
+    plan = _plan(context)
+    settings = settings_from(context)
+    return preflight.write_report(settings, run_info(context), store_for(settings), plan["expected"], plan)
+
+
+def notify_readiness(context: Mapping[str, Any], summary: PreflightSummary) -> Receipt:
+    """``notify_cmdb`` of the preflight: tell the CMDB team which accounts are ready."""
+    return preflight.notify_readiness(settings_from(context), summary)
+
+
+def check_ready(summary: PreflightSummary) -> None:
+    """``check_ready``: an account that is not ready fails the run."""
+    try:
+        preflight.check_ready(summary)
+    except preflight.NotReadyError as err:
         raise AirflowFailException(str(err)) from None

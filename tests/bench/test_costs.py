@@ -1,17 +1,14 @@
 """
-The product changes the benchmark measured, each checked on its own: EC2 clients cut to the inventory's
-operations, the fast timestamp parser, one hub session per process, hooks that do not wait for each other.
+The product changes the benchmark measured (``bench.tuning``), each checked on its own: EC2 clients cut to
+the inventory's operations, one hub session per process, hooks that do not wait for each other.
 """
 
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
-from include.cmdb_inventory.aws import hooks
+from include.cmdb_inventory.aws import clients, hooks, tuning
 
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -20,7 +17,7 @@ def test_cut_model_keeps_the_operations_and_every_shape_they_reach() -> None:
     import botocore.session
 
     full = botocore.session.get_session().get_component("data_loader").load_service_model("ec2", "service-2")
-    cut = hooks.cut_model(full, frozenset({"DescribeInstances", "DescribeRegions"}))
+    cut = tuning.cut_model(full, frozenset({"DescribeInstances", "DescribeRegions"}))
     assert set(cut["operations"]) == {"DescribeInstances", "DescribeRegions"}
     assert len(full["operations"]) > 500
     assert 50 < len(cut["shapes"]) < len(full["shapes"]) / 10
@@ -35,7 +32,7 @@ def test_cut_model_keeps_the_operations_and_every_shape_they_reach() -> None:
 
 
 def test_inventory_ec2_clients_know_only_its_operations_and_still_paginate(moto_url: str) -> None:
-    session = hooks.cut_botocore_session(frozenset({"DescribeInstances", "DescribeRegions"}))
+    session = clients.botocore_session(frozenset({"DescribeInstances", "DescribeRegions"}))
     ec2 = session.create_client("ec2", region_name="eu-west-1", endpoint_url=moto_url, **CREDS)
     assert {m for m in dir(ec2) if m.startswith("describe")} == {"describe_instances", "describe_regions"}
     assert not hasattr(ec2, "run_instances")
@@ -43,13 +40,13 @@ def test_inventory_ec2_clients_know_only_its_operations_and_still_paginate(moto_
     assert pages[0]["ResponseMetadata"]["HTTPStatusCode"] == 200
     assert ec2.describe_regions()["Regions"]
     # The shared session (tests, other callers) keeps the whole model.
-    full = hooks.shared_botocore_session().create_client("ec2", region_name="eu-west-1", **CREDS)
+    full = clients.shared_botocore_session().create_client("ec2", region_name="eu-west-1", **CREDS)
     assert hasattr(full, "describe_availability_zones")
 
 
 def test_hook_for_cuts_ec2_but_not_other_services() -> None:
     from include.cmdb_inventory.config import Account, parse_settings
-    from include.cmdb_inventory.inventory import EC2_OPERATIONS, RunInfo, hook_for
+    from include.cmdb_inventory.run import EC2_OPERATIONS, RunInfo, hook_for
 
     settings = parse_settings({"accounts": ["123456789012"], "bucket": "example-corp-cmdb"})
     hook = hook_for(settings, Account("123456789012"), RunInfo("d", "r", "2026-11-26", "2026-11-26"))
@@ -64,70 +61,34 @@ def test_hook_for_cuts_ec2_but_not_other_services() -> None:
     assert hasattr(hook.client("sts", "eu-west-1"), "get_caller_identity")
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        "2026-11-26T02:40:03.000Z",
-        "2026-11-26T02:40:03Z",
-        "2026-11-26T02:40:03+02:00",
-        "2026-11-26T02:40:03.5Z",
-    ],
-)
-def test_the_fast_timestamp_parser_agrees_with_botocores(value: str) -> None:
-    from botocore.utils import parse_timestamp
-
-    ours, theirs = hooks.parse_timestamp(value), parse_timestamp(value)
-    assert ours == theirs
-    assert ours.utcoffset() == theirs.utcoffset()
-
-
-WHEN = datetime(2026, 11, 26, 2, 40, 3, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    "value", ["Wed, 26 Nov 2026 02:40:03 GMT", int(WHEN.timestamp()), str(int(WHEN.timestamp()))]
-)
-def test_other_timestamps_go_to_botocore(value: Any) -> None:
-    assert hooks.parse_timestamp(value) == WHEN
-
-
 def test_hooks_of_one_connection_share_one_hub_session(hub_connection: dict[str, Any]) -> None:
     first = hooks.CrossAccountHook(account_id="111111111111", region_name="us-east-1")
     second = hooks.CrossAccountHook(account_id="222222222222", region_name="us-east-1")
     other_region = hooks.CrossAccountHook(account_id="222222222222", region_name="eu-west-1")
     s3 = hooks.HubHook(aws_conn_id="aws_default", region_name="us-east-1", client_type="s3")
-    assert first.hub_session() is second.hub_session() is hooks.hub_session(s3, "us-east-1")
-    assert other_region.hub_session() is not first.hub_session()
+    assert first.get_session("us-east-1") is second.get_session("us-east-1") is s3.get_session("us-east-1")
+    assert other_region.get_session("eu-west-1") is not first.get_session("us-east-1")
     assert first.hub_sts is not second.hub_sts  # a client per hook: event handlers stay the hook's own
     assert s3.get_conn().meta.service_model.service_name == "s3"
 
 
-def test_one_hooks_slow_property_does_not_hold_up_another_hook() -> None:
-    """Python 3.11's cached_property locks all instances of a class: one AssumeRole waited for another."""
+def test_one_hooks_assume_role_does_not_hold_up_another_hook(hub_connection: dict[str, Any]) -> None:
+    """Each hook's session is its own: one account's AssumeRole still on the wire never holds up another's."""
+    slow = hooks.CrossAccountHook(account_id="111111111111", region_name="us-east-1")
+    fast = hooks.CrossAccountHook(account_id="222222222222", region_name="us-east-1")
     started, release = threading.Event(), threading.Event()
     waited: list[bool] = []
 
-    class Hook:
-        def __init__(self, fast: bool) -> None:
-            self.fast = fast
+    def hold(**_: Any) -> None:
+        started.set()
+        waited.append(release.wait(10))
 
-        @hooks.instance_cached_property
-        def value(self) -> str:
-            if self.fast:
-                release.set()
-                return "fast"
-            started.set()
-            waited.append(release.wait(3))
-            return "slow"
-
-    slow, fast = Hook(fast=False), Hook(fast=True)
-    waiting = threading.Thread(target=lambda: slow.value)
+    slow.hub_sts.meta.events.register("before-send.sts.AssumeRole", hold)
+    waiting = threading.Thread(target=slow.assume)
     waiting.start()
-    assert started.wait(5)
-    assert fast.value == "fast"  # while the slow instance is still computing
-    waiting.join(5)
+    assert started.wait(10)
+    assert fast.assume() == "arn:aws:iam::222222222222:role/CMDBDiscovery"  # while the slow one waits
+    release.set()
+    waiting.join(10)
     assert waited == [True]
-    assert slow.value == "slow"
-    assert slow.__dict__["value"] == "slow"  # cached on the instance; setting it replaces it
-    slow.value = "set"
-    assert slow.value == "set"
+    assert slow.session_key() != fast.session_key()

@@ -1,4 +1,4 @@
-"""DAG integrity: it parses, it touches nothing at parse time, and its shape is the contract's."""
+"""DAG integrity: both DAGs parse, touch nothing at parse time, and have the contract's shape."""
 
 from __future__ import annotations
 
@@ -13,16 +13,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILE = ROOT / "dags" / "cmdb_ec2_inventory.py"
+PREFLIGHT_FILE = ROOT / "dags" / "cmdb_ec2_inventory_preflight.py"
+DAG_FILES = [pytest.param(DAG_FILE, id="inventory"), pytest.param(PREFLIGHT_FILE, id="preflight")]
 
 
 @pytest.fixture(scope="module")
-def dag() -> Any:
-    """The DAG object, loaded through Airflow's own DagBag."""
+def bag() -> Any:
+    """The dags folder, loaded through Airflow's own DagBag."""
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
+    return bag
+
+
+@pytest.fixture(scope="module")
+def dag(bag: Any) -> Any:
+    """The inventory DAG."""
     return bag.dags["cmdb_ec2_inventory"]
+
+
+@pytest.fixture(scope="module")
+def preflight_dag(bag: Any) -> Any:
+    """The onboarding check's DAG."""
+    return bag.dags["cmdb_ec2_inventory_preflight"]
 
 
 def test_dagbag_has_only_our_dag_without_errors(dag: Any) -> None:
@@ -30,7 +44,14 @@ def test_dagbag_has_only_our_dag_without_errors(dag: Any) -> None:
     assert dag.dag_id == "cmdb_ec2_inventory"
 
 
-def test_parsing_touches_no_connection_variable_or_network(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_dags_folder_holds_the_inventory_and_its_preflight(bag: Any) -> None:
+    assert set(bag.dags) == {"cmdb_ec2_inventory", "cmdb_ec2_inventory_preflight"}
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES)
+def test_parsing_touches_no_connection_variable_or_network(
+    monkeypatch: pytest.MonkeyPatch, dag_file: Path
+) -> None:
     """Import the DAG file with every way out blocked: connections, Variables and sockets."""
     import runpy
 
@@ -49,12 +70,13 @@ def test_parsing_touches_no_connection_variable_or_network(monkeypatch: pytest.M
     monkeypatch.setattr(Variable, "get", staticmethod(refuse("variable")))
     monkeypatch.setattr(socket.socket, "connect", refuse("network"))
     monkeypatch.setattr(socket, "create_connection", refuse("network"))
-    namespace = runpy.run_path(str(DAG_FILE))
+    namespace = runpy.run_path(str(dag_file))
     assert touched == []
-    assert "cmdb_ec2_inventory" in namespace
+    assert dag_file.stem in namespace
 
 
-def test_dag_file_imports_no_heavy_modules() -> None:
+@pytest.mark.parametrize("dag_file", DAG_FILES)
+def test_dag_file_imports_no_heavy_modules(dag_file: Path) -> None:
     """No boto3, botocore, pandas or provider hooks at module level (they load inside tasks)."""
     code = (
         "import json, runpy, sys; runpy.run_path(sys.argv[1]); "
@@ -62,7 +84,7 @@ def test_dag_file_imports_no_heavy_modules() -> None:
         "{'boto3', 'botocore', 'pandas', 'moto'} or m.startswith('airflow.providers.amazon.aws.hooks'))))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(DAG_FILE)],
+        [sys.executable, "-c", code, str(dag_file)],
         capture_output=True,
         text=True,
         check=True,
@@ -86,6 +108,39 @@ def test_schedule_and_defaults(dag: Any) -> None:
     assert set(dag.params.keys()) >= {"accounts", "overwrite", "mode"}
     mode = dag.params.get_param("mode")
     assert (mode.value, mode.schema["enum"]) == ("inventory", ["inventory", "preflight"])
+    assert "deprecated" in mode.description.lower()
+    assert "cmdb_ec2_inventory_preflight" in mode.description
+
+
+def test_preflight_is_manual_with_the_same_governance(preflight_dag: Any) -> None:
+    """By hand only (no schedule, no catch-up, no deadline), owned and retried like the inventory."""
+    assert preflight_dag.schedule is None
+    assert preflight_dag.timetable.can_be_scheduled is False
+    assert preflight_dag.catchup is False
+    assert preflight_dag.deadline is None
+    assert {"cmdb", "aws", "ec2", "preflight"} <= set(preflight_dag.tags)
+    assert preflight_dag.doc_md
+    assert preflight_dag.default_args["owner"] == "cmdb-platform"
+    assert preflight_dag.default_args["retries"] >= 2
+    assert preflight_dag.default_args["on_failure_callback"]
+    assert set(preflight_dag.params.keys()) == {"accounts"}
+    assert preflight_dag.params["accounts"] is None
+
+
+def test_preflight_task_graph(preflight_dag: Any) -> None:
+    tasks = {t.task_id: t for t in preflight_dag.tasks}
+    assert set(tasks) == {"resolve_accounts", "check_account", "write_report", "notify_cmdb", "check_ready"}
+    assert tasks["resolve_accounts"].downstream_task_ids == {"check_account", "write_report"}
+    assert tasks["check_account"].downstream_task_ids == {"write_report"}
+    assert tasks["write_report"].downstream_task_ids == {"notify_cmdb", "check_ready"}
+    assert tasks["notify_cmdb"].downstream_task_ids == {"check_ready"}
+    assert tasks["check_ready"].downstream_task_ids == set()
+    assert tasks["write_report"].trigger_rule == "all_done"  # a killed check is a not-ready account
+    assert "account" in tasks["check_account"].map_index_template
+    for task in tasks.values():
+        assert task.execution_timeout is not None, task.task_id
+        assert task.outlets == [], task.task_id  # a preflight writes no snapshot: no Asset event
+    assert tasks["check_ready"].retries == 0
 
 
 def test_task_graph_is_the_contract(dag: Any) -> None:

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from fnmatch import fnmatch
 from functools import cache
@@ -326,6 +327,30 @@ def test_code_is_mounted_where_airflow_and_python_look(default_project: dict[str
         assert (ROOT / folder).is_dir(), f"{folder}/ is missing from the repository"
 
 
+DEV_TOOLING = ("devtools", "tests", "bench")
+
+
+def test_the_deployment_mounts_and_copies_no_dev_tooling(default_project: dict[str, Any]) -> None:
+    """docker-compose.yaml, the image and its build context carry production code only."""
+    for name, service in default_project["services"].items():
+        for target, source in volume_targets(service).items():
+            parts = set(PurePosixPath(source).parts) | set(PurePosixPath(target).parts)
+            assert not parts & set(DEV_TOOLING), f"{name} mounts {source}:{target}"
+    # The Dockerfile's instructions and its optional COPY lines (commented out) alike.
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    copies = re.findall(r"^#?\s*(?:COPY|ADD)\s+(.*)$", text, re.MULTILINE)
+    assert copies, "no COPY in the Dockerfile"
+    for copy in copies:
+        assert not {p.strip("/") for p in copy.split()} & set(DEV_TOOLING), copy
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for folder in DEV_TOOLING:
+        assert _dockerignored(f"{folder}/x.py", patterns), f"{folder}/ would be sent to the Docker build"
+
+
 def test_bundled_examples_are_off(emulator_project: dict[str, Any]) -> None:
     for name in AIRFLOW_SERVICES:
         assert env_of(emulator_project["services"][name])["AIRFLOW__CORE__LOAD_EXAMPLES"] == "false", name
@@ -471,9 +496,53 @@ def test_emulator_seed_runs_the_seeding_cli_after_moto(emulator_project: dict[st
     assert env["CONNECTION_CHECK_MAX_COUNT"] == "0", "the seed must not wait for the Airflow DB"
     assert str(AIRFLOW_HOME) in env["PYTHONPATH"].split(":")
     assert volume_targets(seed)[str(AIRFLOW_HOME / "include")] == "./include"
+    assert volume_targets(seed)[str(AIRFLOW_HOME / "devtools")] == "./devtools"
     for name in ("airflow-scheduler", "airflow-worker"):
         condition = depends_on(emulator_project["services"][name])["emulator-seed"]["condition"]
         assert condition == "service_completed_successfully", name
+
+
+# What the image has not: the test and dev dependencies (moto is the `moto` service, not a package there).
+NOT_IN_THE_IMAGE = ("moto", "pytest", "cfnlint", "responses")
+
+
+def test_the_seed_container_seeds_with_its_mounts_and_the_images_packages(
+    emulator_project: dict[str, Any], tmp_path: Path
+) -> None:
+    """The seed command, from a copy of /opt/airflow made of the service's mounts, against a moto server."""
+    from devtools import sandbox
+
+    seed = emulator_project["services"]["emulator-seed"]
+    home = tmp_path / "opt-airflow"
+    home.mkdir()
+    for target, source in volume_targets(seed).items():
+        relative = PurePosixPath(target).relative_to(AIRFLOW_HOME)
+        (home / relative).symlink_to(ROOT / source)
+    pythonpath = env_of(seed)["PYTHONPATH"].replace(str(AIRFLOW_HOME), str(home))
+    blocked = "; ".join(f"sys.modules[{name!r}] = None" for name in NOT_IN_THE_IMAGE)
+    with sandbox.moto_server() as url:
+        command = [str(a).replace("http://moto:5000", url) for a in seed["command"]]
+        assert command[:2] == ["python", "-m"]
+        run = "runpy.run_module(sys.argv[0], run_name='__main__')"
+        code = f"import runpy, sys; {blocked}; sys.argv = {command[2:]!r}; {run}"
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": pythonpath,
+            "NO_PROXY": "*",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seeded = json.loads(done.stdout)
+    assert sum(len(v) for v in seeded["instances"].values()) == 13
 
 
 def test_production_file_takes_aws_settings_only_from_env_file(

@@ -1,4 +1,7 @@
-"""End-to-end fixtures: a migrated throwaway Airflow database, copied for each test."""
+"""
+End-to-end fixtures: a migrated throwaway Airflow database, copied for each test; a fresh moto; and, for
+the modules whose ``env`` fixture is a :class:`devtools.cluster.Harness`, a gateway without fault rules.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from devtools import sandbox
+from devtools.cluster import Harness
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +38,12 @@ def fresh_moto() -> Iterator[str]:
     """A fresh moto server on 127.0.0.1 for one test (a fresh emulated organisation)."""
     with sandbox.moto_server() as url:
         yield url
+
+
+@pytest.fixture
+def no_gateway_rules(env: Harness) -> Iterator[None]:
+    """No fault rule of another test on the module's gateway, before or after; the cluster alive after."""
+    env.gateway.clear_rules()
+    yield
+    env.gateway.clear_rules()
+    env.cluster.check_alive()

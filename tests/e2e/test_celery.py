@@ -15,32 +15,20 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from devtools import emulator, sandbox
-from devtools.cluster import (
-    PREFIX,
-    REGIONS,
-    AirflowApi,
-    AirflowCluster,
-    ClusterError,
-    Org,
-    Postgres,
-    Redis,
-    cluster_env,
-    postgres_available,
-    redis_available,
-)
-from devtools.emulator import Server, World
-from devtools.gateway import AwsGateway
+from devtools import sandbox
+from devtools.cluster import PREFIX, AirflowApi, ClusterError, Harness, Org, running_cluster
+from devtools.servers import postgres_available, redis_available
+from devtools.world import PAYER, Server, World
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.scheduler,
     pytest.mark.xdist_group("celery"),
+    pytest.mark.usefixtures("no_gateway_rules"),
     pytest.mark.skipif(
         not redis_available(), reason="Debian's redis-server is not installed and `make redis` could not"
     ),
@@ -65,7 +53,7 @@ QUEUED_TIMEOUT = 60
 
 def celery_world() -> World:
     """Twelve accounts (the payer and eleven more) x two regions; one terminated instance, never listed."""
-    accounts = {emulator.PAYER: "Payer", **{f"2000000000{n:02d}": f"Team {n:02d}" for n in range(1, 12)}}
+    accounts = {PAYER: "Payer", **{f"2000000000{n:02d}": f"Team {n:02d}" for n in range(1, 12)}}
     servers: dict[str, list[Server]] = {}
     for n, account in enumerate(accounts):
         servers[account] = [Server("us-east-1", f"app-{n:02d}")]
@@ -77,75 +65,41 @@ def celery_world() -> World:
     return World(accounts=accounts, servers=servers)
 
 
-@dataclass
-class Env:
-    """The module's cluster, its API, the gateway, the organisation and PostgreSQL."""
-
-    api: AirflowApi
-    gateway: AwsGateway
-    org: Org
-    cluster: AirflowCluster
-    pg: Postgres
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     """Redis, PostgreSQL, the gateway and world, ``airflow db migrate``, the three components, two workers."""
-    started = time.monotonic()
     workdir = tmp_path_factory.mktemp("celery")  # the components' logs stay there (pytest keeps 3)
-    home = workdir / "home"
-    home.mkdir()
-    with AwsGateway(seed=12) as gateway, Postgres() as pg, Redis() as redis:
-        org = Org(gateway.url, gateway.moto_url, world=celery_world())
-        variable = {**emulator.demo_variable(org.world), "regions": REGIONS}
-        # A scan killed with its worker is retried after 1 s, not the shipped 120 s (doubling).
-        base = sandbox.airflow_env(
-            home, emulator.demo_connection(gateway.url), variable, knobs=sandbox.FAST_RETRIES
-        )
-        port = sandbox.free_port()
-        airflow_env = cluster_env(base, home, pg.url, port, executor="CeleryExecutor", broker_url=redis.url)
+    settings = {
         # A dead worker's task instances stay "running" until the scheduler sees their heartbeats stop:
         # after [scheduler] task_instance_heartbeat_timeout (default 300 s), checked every
         # task_instance_heartbeat_timeout_detection_interval (default 10 s). Seconds here, not minutes.
-        airflow_env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = str(HEARTBEAT_TIMEOUT)
-        airflow_env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL"] = "2"
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
         # A restarted scheduler adopts the task instances of one that died once the dead one's heartbeat
         # is [scheduler] scheduler_health_check_threshold (30 s) old, at its next orphan check (default
         # every 300 s): every 5 s here, so that a task the dead scheduler had queued in the database but
         # not yet sent to the broker is queued again within the test's wait.
-        airflow_env["AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL"] = "5"
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
         # A delivery that Celery drops before Airflow's code runs (a worker that cannot record the task as
         # STARTED because the result backend, the metadata database, is down; a worker killed between
         # taking a message and starting it) leaves its task instance queued until
         # [scheduler] task_queued_timeout requeues it (default 600 s, checked every 120 s). 60 s, every
         # 5 s here. It is also the lifetime of a queued task's start token: well above what a scan waits
         # for a worker slot here (at most six queued for four slots).
-        airflow_env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"] = str(QUEUED_TIMEOUT)
-        airflow_env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL"] = "5"
-        with AirflowCluster(workdir, airflow_env, port) as cluster:
-            migrate = cluster.migrate()
-            org.ensure()  # seeds while the database migrates
-            cluster.wait_migrated(migrate)
-            for name in WORKERS:  # they boot while the other components do
-                cluster.start_worker(name, concurrency=CONCURRENCY)
-            cluster.start(DAG_ID)
-            for name in WORKERS:
-                cluster.wait_worker(name)
-            cluster.api.patch(f"/dags/{DAG_ID}", {"is_paused": False})  # the UI's toggle
-            timings = {"cluster_ready": time.monotonic() - started, **cluster.timings}
-            log.warning("Celery cluster ready: %s", timings)
-            yield Env(cluster.api, gateway, org, cluster, pg, timings)
-            log.warning("Celery cluster: module took %.0f s", time.monotonic() - started)
-        org.reset()  # leave moto empty for the next module of this process
-
-
-@pytest.fixture(autouse=True)
-def _no_rules(env: Env) -> Iterator[None]:
-    env.gateway.clear_rules()
-    yield
-    env.gateway.clear_rules()
-    env.cluster.check_alive()
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": str(QUEUED_TIMEOUT),
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "5",
+    }
+    with running_cluster(
+        workdir,
+        gateway_seed=12,
+        world=celery_world(),
+        # A scan killed with its worker is retried after 1 s, not the shipped 120 s (doubling).
+        knobs=sandbox.FAST_RETRIES,
+        settings=settings,
+        celery_workers=WORKERS,
+        worker_concurrency=CONCURRENCY,
+    ) as harness:
+        yield harness
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
@@ -216,7 +170,7 @@ def mid_run(api: AirflowApi, run_id: str, *, done: int, left: int) -> Callable[[
     return check
 
 
-def test_twelve_accounts_spread_over_both_workers(env: Env) -> None:
+def test_twelve_accounts_spread_over_both_workers(env: Harness) -> None:
     api, org = env.api, env.org
     ds = "2026-10-01"
     started = time.monotonic()
@@ -252,7 +206,7 @@ def test_twelve_accounts_spread_over_both_workers(env: Env) -> None:
     )
 
 
-def test_worker_killed_mid_scan_is_retried_on_the_other_worker(env: Env) -> None:
+def test_worker_killed_mid_scan_is_retried_on_the_other_worker(env: Harness) -> None:
     api, org, gateway, cluster = env.api, env.org, env.gateway, env.cluster
     ds = "2026-10-02"
     slow = "200000000007"
@@ -304,7 +258,7 @@ def test_worker_killed_mid_scan_is_retried_on_the_other_worker(env: Env) -> None
     )
 
 
-def test_scheduler_killed_and_restarted_mid_run(env: Env) -> None:
+def test_scheduler_killed_and_restarted_mid_run(env: Harness) -> None:
     api, org, cluster = env.api, env.org, env.cluster
     ds = "2026-10-03"
     for name in WORKERS:  # the one killed before is back
@@ -336,7 +290,7 @@ def test_scheduler_killed_and_restarted_mid_run(env: Env) -> None:
     )
 
 
-def test_metadata_database_restarted_mid_run(env: Env) -> None:
+def test_metadata_database_restarted_mid_run(env: Harness) -> None:
     api, org, cluster = env.api, env.org, env.cluster
     ds = "2026-10-04"
     before = snapshots(org)

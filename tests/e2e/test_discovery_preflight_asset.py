@@ -1,6 +1,6 @@
 """
 Full DAG runs (Airflow's test runner) for issue 6: accounts from AWS Organizations with the snapshot's
-Asset event, and a preflight run through the fault-injecting gateway.
+Asset event, and a run of the preflight DAG (shipped defaults) through the fault-injecting gateway.
 """
 
 from __future__ import annotations
@@ -178,10 +178,10 @@ def test_preflight_names_the_broken_account_and_writes_no_snapshot(airflow_home:
         assert seeded["connection"]["extra"]["endpoint_url"] == gw.url
         assert seeded["connection"]["extra"]["service_config"]["sts"]["endpoint_url"] == gw.url
 
-        result = sandbox.dags_test(env, DS, {"mode": "preflight"})
+        result = sandbox.dags_test(env, DS, dag_id="cmdb_ec2_inventory_preflight")
         output = result.stdout + result.stderr
 
-        assert result.returncode != 0, output[-5000:]  # check_coverage fails: an account is not ready
+        assert result.returncode != 0, output[-5000:]  # check_ready fails: an account is not ready
         assert "333333333333" in output
         assert "NOT READY 333333333333 (Broken): ROLE_NOT_ASSUMABLE" in output
         # Each ready account: one cheap DescribeInstances per allowed region, nothing paginated.

@@ -18,11 +18,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import logging
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,21 +33,21 @@ from devtools.cluster import (
     ACCOUNT_B,
     ACCOUNT_C,
     PREFIX,
-    REGIONS,
     AirflowApi,
-    AirflowCluster,
+    Harness,
     Org,
-    Postgres,
-    cluster_env,
     discovery_role,
+    running_cluster,
     without_collected_at,
 )
-from devtools.gateway import AwsGateway
 from include.cmdb_inventory.contract import safe_segment
 
-pytestmark = [pytest.mark.e2e, pytest.mark.scheduler, pytest.mark.xdist_group("scheduler")]
-
-log = logging.getLogger(__name__)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.scheduler,
+    pytest.mark.xdist_group("scheduler"),
+    pytest.mark.usefixtures("no_gateway_rules"),
+]
 
 DAG_ID = sandbox.DAG_ID
 CSV, MANIFEST = "ec2_inventory.csv", "manifest.json"
@@ -56,65 +55,21 @@ ACCOUNTS = (ACCOUNT_A, ACCOUNT_B, ACCOUNT_C)
 SHIPPED_DEADLINE = timedelta(minutes=240)
 
 
-@dataclass
-class Env:
-    """The module's cluster, its API, the gateway and the organisation."""
-
-    api: AirflowApi
-    gateway: AwsGateway
-    org: Org
-    cluster: AirflowCluster
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     """PostgreSQL, the gateway and world, ``airflow db migrate``, then the three Airflow components."""
-    started = time.monotonic()
     workdir = tmp_path_factory.mktemp("scheduler")  # the components' logs stay there (pytest keeps 3)
-    home = workdir / "home"
-    home.mkdir()
-    with AwsGateway(seed=11) as gateway, Postgres() as pg:
-        org = Org(gateway.url, gateway.moto_url)
-        variable = {**emulator.demo_variable(org.world), "regions": REGIONS}
-        base = sandbox.airflow_env(home, emulator.demo_connection(gateway.url), variable)
-        assert [k for k in base if k.startswith("CMDB_EC2_INVENTORY_")] == []  # the shipped defaults
-        # The Variable goes into the metadata database below, as an operator sets it in the UI.
-        del base["AIRFLOW_VAR_CMDB_EC2_INVENTORY"]
-        # What the README asks a deployment to set when its Variable lives in the database.
-        base["CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN"] = variable["sns_topic_arn"]
-        port = sandbox.free_port()
-        with AirflowCluster(workdir, cluster_env(base, home, pg.url, port), port) as cluster:
-            migrate = cluster.migrate()
-            org.ensure()  # seeds while the database migrates
-            cluster.wait_migrated(migrate)
-            cluster.start(DAG_ID)
-            cluster.api.post("/variables", {"key": "cmdb_ec2_inventory", "value": json.dumps(variable)})
-            cluster.api.patch(f"/dags/{DAG_ID}", {"is_paused": False})  # the UI's toggle
-            timings = {"cluster_ready": time.monotonic() - started, **cluster.timings}
-            log.warning("Airflow cluster ready: %s", timings)
-            yield Env(cluster.api, gateway, org, cluster, timings)
-            log.warning("Airflow cluster: module took %.0f s", time.monotonic() - started)
-        org.reset()  # leave moto empty for the next module of this process
-
-
-@pytest.fixture(autouse=True)
-def _no_rules(env: Env) -> Iterator[None]:
-    env.gateway.clear_rules()
-    yield
-    env.gateway.clear_rules()
-    env.cluster.check_alive()
+    # What the README asks a deployment to set when its Variable lives in the database (set below through
+    # the REST API, as an operator sets it in the UI).
+    settings = {"CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN": emulator.demo_variable()["sns_topic_arn"]}
+    with running_cluster(workdir, gateway_seed=11, settings=settings, variable_in_database=True) as harness:
+        assert [k for k in harness.base_env if k.startswith("CMDB_EC2_INVENTORY_")] == []  # shipped defaults
+        yield harness
 
 
 def tis_of(api: AirflowApi, run_id: str) -> dict[str, dict[str, Any]]:
     """A run's task instances by task id, mapped ones by their label's account id."""
-    found: dict[str, dict[str, Any]] = {}
-    for ti in api.task_instances(DAG_ID, run_id):
-        label = ti["task_id"]
-        if ti["map_index"] >= 0:
-            label = f"{ti['task_id']}[{str(ti['rendered_map_index']).split(' ')[0]}]"
-        found[label] = ti
-    return found
+    return api.task_instances_by_label(DAG_ID, run_id)
 
 
 def state_try(ti: Mapping[str, Any]) -> tuple[str, int]:
@@ -156,7 +111,7 @@ class Clean:
 
 
 @pytest.fixture(scope="module")
-def clean(env: Env) -> Clean:
+def clean(env: Harness) -> Clean:
     """Two runs triggered at once for the same date (runs without a logical date: today); B overwrites."""
     api, org = env.api, env.org
     a = api.trigger(DAG_ID, logical_date=None)
@@ -170,7 +125,7 @@ def clean(env: Env) -> Clean:
     return Clean(ds, runs, without_collected_at(org.rows(org.key(ds, CSV))), csv, manifest)
 
 
-def test_two_runs_in_flight_never_mix_their_parts(env: Env, clean: Clean) -> None:
+def test_two_runs_in_flight_never_mix_their_parts(env: Harness, clean: Clean) -> None:
     api, org = env.api, env.org
     a, b = clean.runs["a"], clean.runs["b"]
     assert (a["state"], b["state"]) == ("success", "success")
@@ -208,7 +163,7 @@ def test_two_runs_in_flight_never_mix_their_parts(env: Env, clean: Clean) -> Non
     assert "Accounts: 3 of 3 covered" in text_b
 
 
-def test_clear_one_mapped_task_rescans_only_that_account(env: Env, clean: Clean) -> None:
+def test_clear_one_mapped_task_rescans_only_that_account(env: Harness, clean: Clean) -> None:
     api, org, gateway = env.api, env.org, env.gateway
     ds = "2026-09-01"
     broken = gateway.deny_assume_role(discovery_role(ACCOUNT_B))
@@ -312,7 +267,7 @@ def _backfill_runs(api: AirflowApi, dates: list[str]) -> dict[str, dict[str, Any
     return {ds: api.wait_run(DAG_ID, run["dag_run_id"]) for ds, run in runs.items()}
 
 
-def test_backfill_three_dates(env: Env, clean: Clean) -> None:
+def test_backfill_three_dates(env: Harness, clean: Clean) -> None:
     api, org = env.api, env.org
     complete, partial, empty = "2026-09-02", "2026-09-03", "2026-09-04"
     _previous_snapshot(org, clean, complete, partial=False)
@@ -360,7 +315,7 @@ def test_backfill_three_dates(env: Env, clean: Clean) -> None:
     assert latest["ds"] == clean.ds
 
 
-def test_overwrite_param_replaces_a_complete_snapshot(env: Env, clean: Clean) -> None:
+def test_overwrite_param_replaces_a_complete_snapshot(env: Harness, clean: Clean) -> None:
     api, org = env.api, env.org
     ds = "2026-09-02"  # complete since before the previous test's backfill, which kept it
     if org.json(org.key(ds, MANIFEST)) is None:  # this test alone
@@ -399,7 +354,7 @@ def _at(value: Any) -> datetime:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def test_clear_with_a_pending_deadline_then_the_deadline_alert(env: Env, clean: Clean) -> None:
+def test_clear_with_a_pending_deadline_then_the_deadline_alert(env: Harness, clean: Clean) -> None:
     """
     The shipped 240-minute deadline, with no knob: a run whose logical date is 240 minutes minus a
     minute ago is due a minute from now. Its first try fails (B's role denied) while the deadline is

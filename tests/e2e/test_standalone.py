@@ -118,16 +118,6 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Airfl
             org.reset()
 
 
-def _tis(api: AirflowApi, run_id: str) -> dict[str, dict[str, Any]]:
-    found = {}
-    for ti in api.task_instances(DAG_ID, run_id):
-        label = ti["task_id"]
-        if ti["map_index"] >= 0:
-            label = f"{label}[{str(ti['rendered_map_index']).split(' ')[0]}]"
-        found[label] = ti
-    return found
-
-
 def test_clear_of_a_mapped_task_with_the_deadline_pending_on_sqlite(
     standalone: tuple[AirflowApi, AwsGateway, Org],
 ) -> None:
@@ -147,7 +137,7 @@ def test_clear_of_a_mapped_task_with_the_deadline_pending_on_sqlite(
 
     broken.remove()
     gateway.reset_calls()
-    tis = _tis(api, run_id)
+    tis = api.task_instances_by_label(DAG_ID, run_id)
     api.clear(DAG_ID, run_id, [["scan_account", tis[f"scan_account[{ACCOUNT_B}]"]["map_index"]]])
     assert api.wait_run(DAG_ID, run_id, timeout=300)["state"] == "success"
 

@@ -13,7 +13,8 @@ would deny calls that AWS allows under the shipped policies, so they are fixed h
 - A trust policy naming a role ARN (``Principal: {"AWS": "arn:aws:iam::1:role/R"}``) does not match that
   role's sessions (``arn:aws:sts::1:assumed-role/R/s``), as it does in AWS; and a ``Service`` principal
   raises ``TypeError`` in moto. Both are fixed (moto evaluates trust only for a role in the caller's own
-  account: cross-account trust and ``aws:PrincipalOrgID`` stay unevaluated, see the static template tests).
+  account: cross-account trust and ``aws:PrincipalOrgID`` stay unevaluated; the trust policies deployed
+  from the templates are checked document by document in ``tests/unit/test_iam_templates.py``).
 """
 
 from __future__ import annotations

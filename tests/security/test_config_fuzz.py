@@ -152,7 +152,7 @@ def test_invalid_variable_fails_every_task_for_good_before_anything_could_write(
         return record
 
     monkeypatch.setattr(Variable, "get", staticmethod(lambda key, default=None: current["raw"]))
-    monkeypatch.setattr(inventory, "store_for", spy("store_for"))
+    monkeypatch.setattr(tasks, "store_for", spy("store_for"))
     monkeypatch.setattr(inventory, "hook_for", spy("hook_for"))
     monkeypatch.setattr("airflow.providers.amazon.aws.hooks.s3.S3Hook.get_conn", spy("S3Hook"))
     monkeypatch.setattr("airflow.providers.amazon.aws.hooks.sns.SnsHook.publish_to_target", spy("SnsHook"))

@@ -140,14 +140,14 @@ def test_the_coverage_page_at_debug_with_a_role_arn_connection_leaks_nothing(
     """
     from fastapi.testclient import TestClient
 
-    from include.cmdb_inventory.aws import hooks
+    from include.cmdb_inventory.aws import tuning
     from include.cmdb_inventory.config import VARIABLE_KEY
     from include.cmdb_inventory.ui.coverage_api import create_app
     from include.cmdb_inventory.ui.coverage_source import SnapshotCache
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(org.connection()))
     monkeypatch.setenv(f"AIRFLOW_VAR_{VARIABLE_KEY.upper()}", json.dumps(org.variable(world.GOOD_ACCOUNTS)))
-    monkeypatch.setattr(hooks, "_HUB_SESSIONS", {})  # a fresh process: no hub session yet
+    monkeypatch.setattr(tuning, "_HUB_SESSIONS", {})  # a fresh process: no hub session yet
     minted_before = set(org.gateway.minted)
     mark = org.gateway.mark()
 

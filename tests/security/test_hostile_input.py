@@ -32,6 +32,7 @@ from include.cmdb_inventory import inventory
 from include.cmdb_inventory.config import Account, parse_settings
 from include.cmdb_inventory.contract import COLUMNS, safe_segment
 from include.cmdb_inventory.records import FORMULA_TRIGGERS, instance_record
+from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore, rows_to_csv, spool
 from include.cmdb_inventory.text import ELLIPSIS, MAX_VALUE_CHARS, clean
 from tests.security import world
@@ -256,7 +257,7 @@ def check_keys_of_a_run(s3: Any, log: KeyLog, run_id: str, names: list[str], fou
         "prefix": PREFIX,
     }
     settings_ = parse_settings(config)
-    run = inventory.RunInfo("cmdb_ec2_inventory", run_id, "2026-11-20", "2026-11-20T00:00:00+00:00")
+    run = RunInfo("cmdb_ec2_inventory", run_id, "2026-11-20", "2026-11-20T00:00:00+00:00")
     store = SnapshotStore(s3, BUCKET, PREFIX)
     for account in accounts:
         inventory.scan_account(settings_, run, account, store, hook=StubHook(account.id, found))  # type: ignore[arg-type]

@@ -12,13 +12,14 @@ fix, see ``moto_iam_server``; EC2 always ``*``, which is all DescribeInstances/D
 AWS too); explicit denies; the trust policy of a role in the caller's own account. Not evaluated:
 ``Condition`` operators other than ``StringEquals`` (our ``s3:prefix`` ``StringLike`` is ignored, so the
 listing grant is read as unconditional), trust policies of roles in another account, ``ExternalId`` when it
-is missing, ``aws:PrincipalOrgID``, SCPs, and KMS key use by S3. The trust policies are covered statically
-(``tests/unit/test_iam_templates.py``).
+is missing, ``aws:PrincipalOrgID``, SCPs, and KMS key use by S3. The trust policies moto's CloudFormation
+deploys are checked document by document (``tests/unit/test_iam_templates.py``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -82,14 +83,19 @@ def task_states(run: Run) -> dict[str, str]:
 
 
 def test_every_role_carries_exactly_the_shipped_policies(org: Org) -> None:
-    hub = world.application_role(org.topic_arn, org.kms_key_arn)
+    """The roles' policies are exactly what CloudFormation deployed from the shipped templates."""
+    hub = org.hub_role
+    text = json.dumps(hub.policies)  # deployed for this world: its bucket prefix, topic and KMS key
+    assert {f"arn:aws:s3:::{BUCKET}/{PREFIX}/*", org.topic_arn, org.kms_key_arn} <= set(
+        re.findall(r'"([^"]+)"', text)
+    )
     iam = org.admin("iam")
     assert iam.list_role_policies(RoleName=hub.role_name)["PolicyNames"] == list(hub.policies)
     assert iam.list_attached_role_policies(RoleName=hub.role_name)["AttachedPolicies"] == []
     for name, document in hub.policies.items():
         assert iam.get_role_policy(RoleName=hub.role_name, PolicyName=name)["PolicyDocument"] == document
     for account in org.world.accounts:
-        role = world.discovery_role(account)
+        role = org.discovery_roles[account]
         member_iam = org.admin("iam", account=account)
         assert member_iam.list_role_policies(RoleName=role.role_name)["PolicyNames"] == list(role.policies)
         assert member_iam.list_attached_role_policies(RoleName=role.role_name)["AttachedPolicies"] == []
@@ -123,7 +129,7 @@ def test_enforcement_is_live_for_every_identity(org: Org) -> None:
     denied(s3.get_object, Bucket=BUCKET, Key="elsewhere/x.json")
     denied(s3.put_object, Bucket=world.FOREIGN_BUCKET, Key=f"{PREFIX}/x.json", Body=b"{}")
     denied(s3.list_buckets)
-    denied(sns.publish, TopicArn=org.topic_arn.replace(world.emulator.TOPIC, "another-topic"), Message="x")
+    denied(sns.publish, TopicArn=org.topic_arn.replace(world.TOPIC, "another-topic"), Message="x")
     denied(hub.client("ec2", endpoint_url=url).describe_instances)
     denied(hub.client("iam", endpoint_url=url).list_roles)
     assume = hub.client("sts", endpoint_url=url).assume_role
@@ -165,7 +171,7 @@ def test_full_run_succeeds_with_only_the_shipped_policies(org: Org, success_run:
     refused = [(c.service, c.action, c.key) for c in product if c.status == 403 and c.fault is None]
     assert refused == []
     # ...and every call is one the shipped policies name (GetCallerIdentity needs no permission).
-    hub, member = world.application_role(org.topic_arn, org.kms_key_arn), world.discovery_role(PAYER)
+    hub, member = org.hub_role, org.discovery_roles[PAYER]
     allowed = granted_actions(hub.policies) | granted_actions(member.policies) | {"sts:GetCallerIdentity"}
     used: Counter[str] = Counter()
     for call in product:

@@ -219,12 +219,28 @@ def test_scrub_redacts_then_cuts() -> None:
         assert secret[:8] not in out
 
 
-def test_hooks_and_coverage_use_the_one_redactor() -> None:
-    from include.cmdb_inventory.aws import errors, hooks
+def test_hooks_and_coverage_use_the_one_redactor(
+    hub_connection: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger's text is redaction's scrub; the hook puts redaction's filter on botocore's loggers."""
+    import botocore.endpoint
+    from botocore.exceptions import ClientError
 
-    assert errors.scrub is redaction.scrub
-    assert hooks.redact_credentials is redaction.redact
-    assert hooks.guard_botocore_logs is redaction.guard_botocore_logs
+    from include.cmdb_inventory.aws import errors
+    from include.cmdb_inventory.aws.hooks import CrossAccountHook
+
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    leaky = f"denied for AKIAIOSFODNN7EXAMPLE (aws_secret_access_key={secret}) " + "x" * 600
+    entry = errors.error_of(ClientError({"Error": {"Code": "AccessDenied", "Message": leaky}}, "Describe"))
+    assert entry == {"code": "AccessDenied", "message": scrub(leaky)}
+    assert secret not in entry["message"]
+    assert "AKIAIOSFODNN7EXAMPLE" not in entry["message"]
+
+    # A process where no task has guarded the logs yet: the hook's first AssumeRole does.
+    logger = logging.getLogger(botocore.endpoint.__name__)
+    monkeypatch.setattr(logger, "filters", [f for f in logger.filters if f is not redaction.LOG_FILTER])
+    CrossAccountHook(account_id="520000000009").assume()
+    assert redaction.LOG_FILTER in logger.filters
 
 
 def test_the_log_filter_sits_on_every_aws_module_logger() -> None:
@@ -297,6 +313,7 @@ def test_aws_error_text_reaches_ledger_and_retry_message_redacted(leaky_org: Any
 
     from include.cmdb_inventory import inventory
     from include.cmdb_inventory.config import Account
+    from include.cmdb_inventory.run import RunInfo, store_for
 
     bucket = "cmdb-redaction-test"
     raw = boto3.client(
@@ -311,11 +328,9 @@ def test_aws_error_text_reaches_ledger_and_retry_message_redacted(leaky_org: Any
             "max_attempts": 1,
         }
     )
-    run = inventory.RunInfo(
-        "cmdb_ec2_inventory", "manual__2026-12-01T00:00:00+00:00", "2026-12-01", "2026-12-01"
-    )
+    run = RunInfo("cmdb_ec2_inventory", "manual__2026-12-01T00:00:00+00:00", "2026-12-01", "2026-12-01")
     with pytest.raises(inventory.TransientScanError) as retried:
-        inventory.scan_account(settings, run, Account(LEAKY_ACCOUNT), inventory.store_for(settings))
+        inventory.scan_account(settings, run, Account(LEAKY_ACCOUNT), store_for(settings))
     stored = [
         raw.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().decode()
         for item in raw.list_objects_v2(Bucket=bucket)["Contents"]

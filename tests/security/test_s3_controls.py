@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from include.cmdb_inventory import inventory
 from include.cmdb_inventory.config import parse_settings
+from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import BucketOwnerError, SnapshotStore
 from tests.security.conftest import SUCCESS_DS
 from tests.security.world import BUCKET, FOREIGN_ACCOUNT, FOREIGN_BUCKET, PAYER, PREFIX, Org, Run
@@ -92,7 +93,7 @@ def test_a_bucket_owned_by_another_account_is_refused_clearly(org: Org) -> None:
     settings = parse_settings(
         {"accounts": [PAYER], "bucket": FOREIGN_BUCKET, "prefix": PREFIX, "expected_bucket_owner": PAYER}
     )
-    run = inventory.RunInfo("cmdb_ec2_inventory", "manual__owner-test", SUCCESS_DS, f"{SUCCESS_DS}T00:00:00")
+    run = RunInfo("cmdb_ec2_inventory", "manual__owner-test", SUCCESS_DS, f"{SUCCESS_DS}T00:00:00")
     with pytest.raises(BucketOwnerError, match="refusing to write"):
         inventory.resolve_accounts(settings, run, store, overwrite=False)
 

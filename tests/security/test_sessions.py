@@ -14,12 +14,13 @@ import pytest
 
 from include.cmdb_inventory import contract, inventory
 from include.cmdb_inventory.config import Account, ConfigError, parse_settings
+from include.cmdb_inventory.run import RunInfo, hook_for, store_for
 from tests.security import world
 from tests.security.conftest import CHAINED_DS, SESSION_TAGS, SOURCE_IDENTITY
 from tests.security.world import PAYER, PREFIX, Org, Run
 
 BASE: dict[str, Any] = {"accounts": ["222222222222"], "bucket": "example-corp-cmdb"}
-RUN = inventory.RunInfo("cmdb_ec2_inventory", "manual__2026-11-20T02:00:00+00:00", "2026-11-20", "2026-11-20")
+RUN = RunInfo("cmdb_ec2_inventory", "manual__2026-11-20T02:00:00+00:00", "2026-11-20", "2026-11-20")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -29,7 +30,7 @@ def test_source_identity_and_session_tags_are_optional() -> None:
     settings = parse_settings(BASE)
     assert settings.source_identity is None
     assert settings.session_tags == ()
-    hook = inventory.hook_for(settings, settings.accounts[0], RUN)
+    hook = hook_for(settings, settings.accounts[0], RUN)
     assert hook.source_identity is None
     assert hook.session_tags == {}
 
@@ -39,7 +40,7 @@ def test_source_identity_and_session_tags_reach_the_hook() -> None:
     settings = parse_settings({**BASE, "source_identity": "cmdb@nightly.run-1", "session_tags": tags})
     assert settings.source_identity == "cmdb@nightly.run-1"
     assert dict(settings.session_tags) == tags
-    hook = inventory.hook_for(settings, Account("222222222222"), RUN)
+    hook = hook_for(settings, Account("222222222222"), RUN)
     assert hook.source_identity == "cmdb@nightly.run-1"
     assert hook.session_tags == tags
     hash(settings)  # still a value: usable as a cache key
@@ -87,7 +88,7 @@ def test_fifty_tags_at_the_limits_are_accepted() -> None:
 
 def test_long_sessions_are_not_refused_when_the_hub_is_not_an_assumed_role() -> None:
     settings = parse_settings({**BASE, "session_duration_seconds": 7200})
-    hook = inventory.hook_for(settings, settings.accounts[0], RUN)
+    hook = hook_for(settings, settings.accounts[0], RUN)
     hook.__dict__["hub_identity"] = {"Account": PAYER, "Arn": f"arn:aws:iam::{PAYER}:user/airflow"}
     hook.check_session_duration()  # an IAM user or an instance profile's first hop: up to 12 hours
     hook.__dict__["hub_identity"] = {"Account": PAYER, "Arn": f"arn:aws:sts::{PAYER}:assumed-role/Hub/s"}
@@ -214,9 +215,10 @@ def via_gateway(sts_gateway: Any, monkeypatch: pytest.MonkeyPatch, hub_env_facto
 def test_an_account_whose_scan_outlives_its_session_still_finishes(via_gateway: Any) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from include.cmdb_inventory.aws.hooks import CrossAccountHook, refresh_windows
+    from include.cmdb_inventory.aws.clients import refresh_windows
+    from include.cmdb_inventory.aws.hooks import CrossAccountHook
     from include.cmdb_inventory.config import DEFAULT_INSTANCE_STATES
-    from include.cmdb_inventory.scan import scan_account
+    from include.cmdb_inventory.scan import scan_regions
 
     gw = via_gateway
     hook = CrossAccountHook(
@@ -242,7 +244,7 @@ def test_an_account_whose_scan_outlives_its_session_still_finishes(via_gateway: 
         "The security token included in the request is expired",
         when=first_session_expired,
     )
-    result = scan_account(
+    result = scan_regions(
         hook,
         Account(LONG_SCAN_ACCOUNT, "Long scan"),
         regions=LONG_SCAN_REGIONS,
@@ -322,7 +324,7 @@ def test_a_session_longer_than_the_role_allows_fails_the_account_for_good(
 
     settings = tasks.settings_from(context)
     run = tasks.run_info(context)
-    summary = inventory.merge_inventory(settings, run, inventory.store_for(settings), [account.to_dict()])
+    summary = inventory.merge_inventory(settings, run, store_for(settings), [account.to_dict()])
     manifest_key = summary["manifest_uri"].removeprefix(f"s3://{bucket}/")
     manifest = json.loads(raw.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     [entry] = manifest["coverage"]

@@ -7,10 +7,11 @@ Identities, as in a deployment:
 - ``airflow-worker`` — an IAM user in the payer account with an (AKIA) access key: the Airflow workers'
   own identity, allowed only ``sts:AssumeRole`` on ``CMDBApplication``. Its keys are the connection's
   login/password, and the connection's ``role_arn`` is ``CMDBApplication``.
-- ``CMDBApplication`` (payer) and ``CMDBDiscovery`` (every account) carry exactly the policies rendered from
-  ``include/iam`` (``CMDBApplication`` with the bucket, topic and KMS key of this world). Only the hub's
-  trust policy differs from the template's default: it names the worker user (the template's
-  ``TrustedPrincipal`` takes a role or a service, which moto cannot log in as).
+- ``CMDBApplication`` (payer) and ``CMDBDiscovery`` (every account) are the stacks moto's CloudFormation
+  deploys from ``include/iam`` (``CMDBApplication`` with the bucket, prefix, topic and KMS key of this
+  world; :mod:`devtools.world` builds them). Only the hub's trust policy differs from the template's
+  default: it names the worker user (the template's ``TrustedPrincipal`` takes a role or a service, which
+  moto cannot log in as).
 - ``security-admin`` — a test-side user in every account, allowed everything, to read results back after
   enforcement is on (its calls are never counted as the product's).
 
@@ -27,10 +28,8 @@ import gzip
 import json
 import os
 import re
-import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -40,21 +39,24 @@ from typing import Any
 
 import boto3
 
-from devtools import emulator, sandbox
-from devtools.emulator import PAYER, Server, World
+from devtools import sandbox
+from devtools import world as builder
 from devtools.gateway import AwsGateway, Call, Request
-from devtools.iam_templates import render_role
+from devtools.iam_templates import DeployedRole
+from devtools.servers import MotoServer
+from devtools.world import PAYER, Server, World
 
 ROOT = sandbox.ROOT
 REGIONS = ["eu-west-1", "us-east-1"]
-HOME_REGION = emulator.HOME_REGION
-BUCKET = emulator.BUCKET
+HOME_REGION = builder.HOME_REGION
+BUCKET = builder.BUCKET
+TOPIC = builder.TOPIC
 PREFIX = "cmdb/ec2-inventory"
 FOREIGN_BUCKET = "other-corp-cmdb"
 FOREIGN_ACCOUNT = "999999999999"
 WORKER = "airflow-worker"
 ADMIN = "security-admin"
-HUB_ROLE_ARN = f"arn:aws:iam::{PAYER}:role/{emulator.HUB_ROLE}"
+HUB_ROLE_ARN = f"arn:aws:iam::{PAYER}:role/{builder.HUB_ROLE}"
 KEY_PATTERN = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}")
 
 # Accounts of the successful run: hostile names (a path, "..", unicode, RTL override, a formula).
@@ -128,38 +130,11 @@ def set_enforcement(moto_url: str, *, on: bool) -> None:
 @contextlib.contextmanager
 def enforcing_moto() -> Iterator[str]:
     """``tests.security.moto_iam_server`` as a subprocess (its own process group) on a free loopback port."""
-    port = sandbox.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     # Free actions until set_enforcement(on=True): the world is seeded first.
     env.update(INITIAL_NO_AUTH_ACTION_COUNT="inf", PYTHONPATH=str(ROOT), NO_PROXY="*")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.security.moto_iam_server", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()  # noqa: S310
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto's server did not start") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    with MotoServer("tests.security.moto_iam_server", env) as server:
+        yield server.url
 
 
 # --------------------------------------------------------------------------- the recording gateway
@@ -246,6 +221,10 @@ class Org:
     topic_arn: str
     queue_url: str
     kms_key_arn: str
+    hub_role: DeployedRole
+    """``CMDBApplication`` as CloudFormation deployed it from the template (before the worker's trust)."""
+    discovery_roles: dict[str, DeployedRole]
+    """Each account's ``CMDBDiscovery`` as CloudFormation deployed it (before any was crippled)."""
 
     @property
     def admin_key(self) -> dict[str, str]:
@@ -321,17 +300,6 @@ class Org:
         return {self.worker_key["AccessKeyId"], self.worker_key["SecretAccessKey"], *self.gateway.minted}
 
 
-def application_role(topic_arn: str, kms_key_arn: str) -> Any:
-    """CMDBApplication as rendered from the shipped template for this world."""
-    params = {"BucketName": BUCKET, "Prefix": PREFIX, "TopicArn": topic_arn, "KmsKeyArn": kms_key_arn}
-    return render_role("cmdb-application", params, account_id=PAYER)
-
-
-def discovery_role(account_id: str) -> Any:
-    """CMDBDiscovery as rendered from the shipped template."""
-    return render_role("cmdb-discovery", {"HubRoleArn": HUB_ROLE_ARN}, account_id=account_id)
-
-
 def _user_with_key(iam: Any, name: str, policy: Mapping[str, Any]) -> dict[str, str]:
     iam.create_user(UserName=name)
     iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
@@ -340,25 +308,19 @@ def _user_with_key(iam: Any, name: str, policy: Mapping[str, Any]) -> dict[str, 
 
 
 def seed(moto_url: str, gateway: RecordingGateway, migrated_db: Path) -> Org:
-    """Seed the world with enforcement off, then switch enforcement on."""
+    """Build the world with enforcement off, then switch enforcement on."""
     world = good_world()
-    seeded = emulator.seed(moto_url, world)
-    topic_arn = seeded["variable"]["sns_topic_arn"]
-    payer = emulator.session_in(moto_url, PAYER)
+    built = builder.build(moto_url, world, kms_key=True, hub_parameters={"Prefix": PREFIX})
+    assert built.hub_role is not None, "built on a fresh server"
+    payer = builder.session_in(moto_url, PAYER)
     iam = payer.client("iam", endpoint_url=moto_url)
-    kms_key_arn = payer.client("kms", endpoint_url=moto_url).create_key()["KeyMetadata"]["Arn"]
 
-    # The hub: exactly the rendered policies (re-rendered with this world's KMS key), trusting the worker.
-    hub = application_role(topic_arn, kms_key_arn)
-    for name in iam.list_role_policies(RoleName=hub.role_name)["PolicyNames"]:
-        iam.delete_role_policy(RoleName=hub.role_name, PolicyName=name)
-    for name, document in hub.policies.items():
-        iam.put_role_policy(RoleName=hub.role_name, PolicyName=name, PolicyDocument=json.dumps(document))
+    # The hub keeps the deployed policies; its trust names the worker.
     worker_arn = f"arn:aws:iam::{PAYER}:user/{WORKER}"
-    trust = copy.deepcopy(hub.assume_role_policy)
+    trust = copy.deepcopy(built.hub_role.assume_role_policy)
     for statement in trust["Statement"]:
         statement["Principal"] = {"AWS": worker_arn}
-    iam.update_assume_role_policy(RoleName=hub.role_name, PolicyDocument=json.dumps(trust))
+    iam.update_assume_role_policy(RoleName=built.hub_role.role_name, PolicyDocument=json.dumps(trust))
     worker_key = _user_with_key(
         iam,
         WORKER,
@@ -371,13 +333,13 @@ def seed(moto_url: str, gateway: RecordingGateway, migrated_db: Path) -> Org:
     admin_keys = {PAYER: _user_with_key(iam, ADMIN, everything)}
     for account_id in world.accounts:
         if account_id != PAYER:
-            member_iam = emulator.session_in(moto_url, account_id).client("iam", endpoint_url=moto_url)
+            member_iam = builder.session_in(moto_url, account_id).client("iam", endpoint_url=moto_url)
             admin_keys[account_id] = _user_with_key(member_iam, ADMIN, everything)
 
     # Two member accounts whose CMDBDiscovery lacks one of its two actions (the negative run).
     for account_id, action in CRIPPLED.items():
-        member_iam = emulator.session_in(moto_url, account_id).client("iam", endpoint_url=moto_url)
-        role = discovery_role(account_id)
+        member_iam = builder.session_in(moto_url, account_id).client("iam", endpoint_url=moto_url)
+        role = built.discovery_roles[account_id]
         for name, document in role.policies.items():
             crippled = copy.deepcopy(document)
             for statement in crippled["Statement"]:
@@ -387,7 +349,7 @@ def seed(moto_url: str, gateway: RecordingGateway, migrated_db: Path) -> Org:
             )
 
     # A bucket of another account, for the ExpectedBucketOwner test.
-    emulator.session_in(moto_url, FOREIGN_ACCOUNT).client("s3", endpoint_url=moto_url).create_bucket(
+    builder.session_in(moto_url, FOREIGN_ACCOUNT).client("s3", endpoint_url=moto_url).create_bucket(
         Bucket=FOREIGN_BUCKET
     )
 
@@ -396,15 +358,17 @@ def seed(moto_url: str, gateway: RecordingGateway, migrated_db: Path) -> Org:
         gateway=gateway,
         migrated_db=migrated_db,
         world=world,
-        instances=seeded["instances"],
+        instances=built.instances,
         worker_key=worker_key,
         admin_keys=admin_keys,
-        topic_arn=topic_arn,
-        queue_url=seeded["queue_url"],
-        kms_key_arn=kms_key_arn,
+        topic_arn=str(built.topic_arn),
+        queue_url=str(built.queue_url),
+        kms_key_arn=str(built.kms_key_arn),
+        hub_role=built.hub_role,
+        discovery_roles=built.discovery_roles,
     )
     _add_s3_rules(org)
-    gateway.deny_assume_role(f"arn:aws:iam::{ASSUME_DENIED}:role/{emulator.DISCOVERY_ROLE}")
+    gateway.deny_assume_role(f"arn:aws:iam::{ASSUME_DENIED}:role/{builder.DISCOVERY_ROLE}")
     set_enforcement(moto_url, on=True)
     return org
 

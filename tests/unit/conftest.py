@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import boto3
 import pytest
 from moto import mock_aws
 
+from include.cmdb_inventory.storage import SnapshotStore
+
 REGION = "us-east-1"
+BUCKET = "cmdb-inventory-bucket"
+PREFIX = "cmdb/ec2-inventory"
 
 
-@pytest.fixture(scope="module")
-def mocked_aws() -> Iterator[None]:
-    """moto's in-process AWS with dummy credentials, once per module (starting it per test is slow)."""
+@contextmanager
+def moto_in_process() -> Iterator[None]:
+    """moto's in-process AWS with dummy credentials; no profile, config file or endpoint of the machine."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in {
             "AWS_ACCESS_KEY_ID": "testing",
@@ -27,3 +34,50 @@ def mocked_aws() -> Iterator[None]:
             patch.delenv(name, raising=False)
         with mock_aws():
             yield
+
+
+@pytest.fixture(scope="module")
+def mocked_aws() -> Iterator[None]:
+    """moto's in-process AWS with dummy credentials, once per module (starting it per test is slow)."""
+    with moto_in_process():
+        yield
+
+
+@pytest.fixture
+def fresh_aws() -> Iterator[None]:
+    """moto's in-process AWS for one test only: nothing another test made (a bucket, a stack) is there."""
+    with moto_in_process():
+        yield
+
+
+def empty_bucket(client: Any, bucket: str) -> None:
+    """Create ``bucket``, or empty it: its multipart uploads aborted, its objects deleted."""
+    if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=bucket)
+        return
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+
+
+@pytest.fixture
+def s3_bucket() -> str:
+    """The bucket of the ``s3`` and ``store`` fixtures; a module with a bucket of its own overrides this."""
+    return BUCKET
+
+
+@pytest.fixture
+def s3(mocked_aws: None, s3_bucket: str) -> Any:
+    """A fresh client (so event hooks never leak between tests) and ``s3_bucket``, empty."""
+    client = boto3.client("s3", region_name=REGION)
+    empty_bucket(client, s3_bucket)
+    return client
+
+
+@pytest.fixture
+def store(s3: Any, s3_bucket: str) -> SnapshotStore:
+    """The snapshot store on ``s3``: ``s3_bucket`` under ``PREFIX``, no KMS key, no expected owner."""
+    return SnapshotStore(s3, s3_bucket, PREFIX)

@@ -14,10 +14,11 @@ from typing import Any
 import boto3
 import pytest
 
-from include.cmdb_inventory import contract, inventory, notify
+from include.cmdb_inventory import contract, notify
 from include.cmdb_inventory.config import Account, ConfigError, Settings, parse_settings
 from include.cmdb_inventory.contract import CSV_NAME, MANIFEST_NAME
-from include.cmdb_inventory.inventory import RunInfo, merge_inventory, resolve_accounts
+from include.cmdb_inventory.inventory import merge_inventory, resolve_accounts
+from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore, decide_write, is_complete, is_subset, snapshot_rank
 from tests.unit.test_merge import report_failed, report_ok
 from tests.unit.test_organizations import Org
@@ -160,7 +161,7 @@ def test_through_the_airflow_adapter_it_fails_for_good(store: SnapshotStore, mon
         logical_date = datetime(2026, 11, 20, 10, tzinfo=UTC)
 
     monkeypatch.setattr(Variable, "get", staticmethod(lambda key, default=None: json.dumps(variable())))
-    monkeypatch.setattr(inventory, "store_for", lambda settings: store)
+    monkeypatch.setattr(tasks, "store_for", lambda settings: store)
     context = {"params": {"accounts": [OUTSIDE]}, "ti": Ti(), "dag_run": DagRun()}
     with pytest.raises(AirflowFailException, match=OUTSIDE):
         tasks.resolve(context)
@@ -272,8 +273,8 @@ def test_a_param_subset_does_not_replace_a_better_snapshot_or_latest(store: Snap
     assert staged["complete"] is False
     assert (staged["accounts_expected"], staged["accounts_covered"]) == (3, 1)
     assert {(e["account"], e["status"]) for e in staged["coverage"] if e["account"] != A.id} == {
-        (B.id, inventory.NOT_REQUESTED),
-        (C.id, inventory.NOT_REQUESTED),
+        (B.id, contract.NOT_REQUESTED),
+        (C.id, contract.NOT_REQUESTED),
     }
     # The summary and the notification describe the date's snapshot (the nightly one), and the subset.
     assert (summary["accounts_covered"], summary["accounts_expected"]) == (2, 3)

@@ -347,6 +347,18 @@ def bucket(gw: AwsGateway) -> str:
     return name
 
 
+def upload_in_one_part(s3: Any, bucket: str, key: str, body: bytes) -> None:
+    """A multipart upload of one part: create, upload the part, complete."""
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=body)
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+    )
+
+
 def test_s3_operations_are_classified(gw: AwsGateway, bucket: str) -> None:
     s3 = client(gw, "s3")
     s3.put_object(Bucket=bucket, Key="exports/a b.json", Body=b"{}")
@@ -354,14 +366,7 @@ def test_s3_operations_are_classified(gw: AwsGateway, bucket: str) -> None:
     s3.get_object(Bucket=bucket, Key="exports/a b.json")["Body"].read()
     s3.list_objects_v2(Bucket=bucket, Prefix="exports/")
     s3.copy_object(Bucket=bucket, Key="copy.json", CopySource={"Bucket": bucket, "Key": "exports/a b.json"})
-    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp.json")["UploadId"]
-    part = s3.upload_part(Bucket=bucket, Key="mp.json", UploadId=upload, PartNumber=1, Body=b"x" * 1024)
-    s3.complete_multipart_upload(
-        Bucket=bucket,
-        Key="mp.json",
-        UploadId=upload,
-        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
-    )
+    upload_in_one_part(s3, bucket, "mp.json", b"x" * 1024)
     s3.delete_object(Bucket=bucket, Key="copy.json")
     calls = gw.calls(service="s3")
     assert [c.action for c in calls] == [
@@ -401,14 +406,7 @@ def test_s3_multipart_part_and_complete_failures(gw: AwsGateway, bucket: str) ->
     gw.fail_s3_writes(503, action="UploadPart", times=1)
     gw.fail_s3_writes(500, action="CompleteMultipartUpload", times=1)
     s3 = client(gw, "s3", config=STANDARD)
-    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp.bin")["UploadId"]
-    part = s3.upload_part(Bucket=bucket, Key="mp.bin", UploadId=upload, PartNumber=1, Body=b"y" * 4096)
-    s3.complete_multipart_upload(
-        Bucket=bucket,
-        Key="mp.bin",
-        UploadId=upload,
-        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
-    )
+    upload_in_one_part(s3, bucket, "mp.bin", b"y" * 4096)
     assert s3.head_object(Bucket=bucket, Key="mp.bin")["ContentLength"] == 4096
     assert gw.count(action="UploadPart") == 2
     assert gw.count(action="CompleteMultipartUpload") == 2

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from devtools.iam_templates import TEMPLATE_DIR, TemplateError, load_template, render_properties
 from include.cmdb_inventory.config import parse_settings
@@ -127,22 +125,7 @@ def test_the_bucket_is_private_encrypted_and_kept() -> None:
     assert (TEMPLATE_DIR / f"{TEMPLATE}.yaml").is_file()  # under include/iam: `make lint` lints it
 
 
-@pytest.fixture
-def aws() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-            patch.delenv(name, raising=False)
-        with mock_aws():
-            yield
-
-
-def test_the_documented_json_is_the_templates_rules_and_s3_accepts_it(aws: None) -> None:
+def test_the_documented_json_is_the_templates_rules_and_s3_accepts_it(fresh_aws: None) -> None:
     documented = documented_lifecycle()
     assert documented["Rules"] == [as_s3_api(rules()[ABORT_ID]), as_s3_api(rules()[STAGING_ID])]
 
@@ -155,7 +138,7 @@ def test_the_documented_json_is_the_templates_rules_and_s3_accepts_it(aws: None)
             assert stored[rule["ID"]][field] == value, (rule["ID"], field)
 
 
-def test_moto_cloudformation_deploys_the_template(aws: None) -> None:
+def test_moto_cloudformation_deploys_the_template(fresh_aws: None) -> None:
     cfn = boto3.client("cloudformation", region_name="us-east-1")
     body = (TEMPLATE_DIR / f"{TEMPLATE}.yaml").read_text(encoding="utf-8")
     cfn.create_stack(

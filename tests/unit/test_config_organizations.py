@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory.config import ConfigError, parse_settings
-from include.cmdb_inventory.organizations import OrganizationsSettings
+from include.cmdb_inventory.config import ConfigError, OrganizationsSettings, parse_settings
 
 BUCKET = "cmdb-inventory-bucket"
 OU_A = "ou-ab12-abcdefgh"

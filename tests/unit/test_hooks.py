@@ -14,12 +14,8 @@ from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.cmdb_inventory.aws.hooks import (
-    CrossAccountHook,
-    RoleNotAssumableError,
-    role_session_name,
-    shared_botocore_session,
-)
+from include.cmdb_inventory.aws.clients import shared_botocore_session
+from include.cmdb_inventory.aws.hooks import CrossAccountHook, RoleNotAssumableError, role_session_name
 
 TARGET = "520000000001"
 OTHER = "520000000002"
@@ -356,7 +352,7 @@ def test_assumed_credentials_are_masked_and_never_shown() -> None:
 
 def test_assumed_credentials_never_reach_a_log_record(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    for name in ("botocore", "urllib3", "airflow", "cmdb_inventory_aws"):
+    for name in ("botocore", "urllib3", "airflow", "include.cmdb_inventory"):
         caplog.set_level(logging.DEBUG, logger=name)
 
     hook = CrossAccountHook(account_id=TARGET)

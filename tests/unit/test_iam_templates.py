@@ -1,11 +1,13 @@
-"""The shipped IAM templates (include/iam) lint clean, grant exactly what they should, and render to IAM JSON.
+"""The shipped IAM templates (include/iam) lint clean, grant exactly what they should, and deploy to IAM.
 
-Every assertion about a policy goes through ``render_role`` so it is about the documents we ship. Whether
-IAM *enforces* them (policy simulation against moto's IAM enforcement) is covered elsewhere.
+Every assertion about a policy is about the role moto's CloudFormation deploys from the template we ship
+(``render_role``: a stack in an in-process moto, read back from IAM). Whether IAM *enforces* them (moto's
+server with IAM enforcement) is covered in ``tests/security/test_least_privilege.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -17,17 +19,19 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from devtools.iam_templates import (
     TEMPLATE_DIR,
-    RenderedRole,
+    DeployedRole,
     TemplateError,
+    deploy,
     load_template,
     parse_template,
     render_role,
-    render_role_from_template,
 )
+
+# One in-process moto for the module: each rendering deploys a stack into it and deletes it again.
+pytestmark = pytest.mark.usefixtures("mocked_aws")
 
 DISCOVERY = "cmdb-discovery"
 APPLICATION = "cmdb-application"
@@ -53,7 +57,7 @@ def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
     return _as_list(document["Statement"])
 
 
-def _all_statements(role: RenderedRole) -> list[dict[str, Any]]:
+def _all_statements(role: DeployedRole) -> list[dict[str, Any]]:
     return [stmt for doc in role.policies.values() for stmt in _statements(doc)]
 
 
@@ -78,7 +82,7 @@ def _iam_glob_matches(pattern: str, value: str) -> bool:
     return re.fullmatch(regex, value) is not None
 
 
-def _discovery(external_id: str = "", organization_id: str = "", **extra: str) -> RenderedRole:
+def _discovery(external_id: str = "", organization_id: str = "", **extra: str) -> DeployedRole:
     params = {"HubRoleArn": HUB_ROLE_ARN, **extra}
     if external_id:
         params["ExternalId"] = external_id
@@ -87,11 +91,12 @@ def _discovery(external_id: str = "", organization_id: str = "", **extra: str) -
     return render_role(DISCOVERY, params)
 
 
-def _application(**params: str) -> RenderedRole:
+def _application(**params: str) -> DeployedRole:
     return render_role(APPLICATION, {"BucketName": BUCKET, **params})
 
 
-def _every_rendering() -> list[RenderedRole]:
+@functools.cache
+def _every_rendering() -> tuple[DeployedRole, ...]:
     """Both roles under every combination of the optional parameters."""
     roles = [
         _discovery(ext, org) for ext, org in itertools.product(["", "cmdb-external-id"], ["", "o-abcdefghij"])
@@ -111,7 +116,7 @@ def _every_rendering() -> list[RenderedRole]:
                 OrganizationId=org,
             )
         )
-    return roles
+    return tuple(roles)
 
 
 # --------------------------------------------------------------------------- cfn-lint
@@ -277,7 +282,7 @@ def test_application_may_assume_only_discovery_roles(discovery_role_name: str, p
         assert not matches(other), other
 
 
-def _may_assume(role: RenderedRole, role_arn: str, resource_org: str | None) -> bool:
+def _may_assume(role: DeployedRole, role_arn: str, resource_org: str | None) -> bool:
     """Whether the role's policies allow sts:AssumeRole of ``role_arn`` when that role's account is in
     ``resource_org`` (``None``: the request carries no ``aws:ResourceOrgID``), by moto's IAM evaluator."""
     from moto.iam.access_control import IAMPolicy, PermissionResult
@@ -391,7 +396,7 @@ def test_application_instance_profile_only_for_ec2() -> None:
     assert set(load_template(DISCOVERY)["Outputs"]) == {"RoleArn"}
 
 
-# --------------------------------------------------------------------------- the renderer itself
+# --------------------------------------------------------------------------- where moto alone goes wrong
 
 _MINI = """
 Parameters:
@@ -415,53 +420,77 @@ Resources:
           PolicyDocument:
             Version: 2012-10-17
             Statement:
-              - Resource: !Sub
+              - Sid: Sub
+                Effect: Allow
+                Action: s3:GetObject
+                Resource: !Sub
                   - arn:${AWS::Partition}:s3:::${B}/${!literal}/${AWS::AccountId}
                   - B: !Ref Name
-                Both: !If [Both, yes-both, !Ref AWS::NoValue]
-                Either: !If [Either, yes-either, no-either]
-              - !If [HasExtra, {Sid: extra}, !Ref AWS::NoValue]
+                Condition: !If [Both, {StringEquals: {"aws:SourceVpc": both}}, !Ref AWS::NoValue]
+              - !If
+                - Either
+                - {Sid: Either, Effect: Allow, Action: s3:PutObject, Resource: "*"}
+                - !Ref AWS::NoValue
+              - !If
+                - HasExtra
+                - {Sid: Extra, Effect: Allow, Action: s3:ListBucket, Resource: "*"}
+                - !Ref AWS::NoValue
 """
 
 
-def test_renderer_evaluates_intrinsics_like_cloudformation() -> None:
-    template = parse_template(_MINI)
-    role = render_role_from_template(
-        template, partition="aws-cn", account_id="123456789012", region="cn-north-1"
-    )
+def _mini(parameters: dict[str, Any], **where: str) -> DeployedRole:
+    """``_MINI`` deployed by moto's CloudFormation in-process (account, region, partition as ``where``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "mini.yaml").write_text(_MINI, encoding="utf-8")
+        return render_role("mini", parameters, template_dir=Path(folder), **where)
+
+
+def test_deployment_evaluates_intrinsics_like_cloudformation() -> None:
+    """Short-form conditions, AWS::NoValue in a list, another partition: where moto alone goes wrong."""
+    role = _mini({}, partition="aws-cn", account_id="123456789012", region="cn-north-1")
     assert role.role_name == "demo-cn-north-1"
     assert role.path == "/cmdb/"
     assert role.assume_role_policy == {"Version": "2012-10-17", "Statement": []}
     document = role.policies["p"]
     assert document["Version"] == "2012-10-17"  # stays a string, not a YAML date
-    assert document["Statement"] == [
-        {"Resource": "arn:aws-cn:s3:::demo/${literal}/123456789012", "Either": "yes-either"},
+    assert document["Statement"] == [  # Either holds (IsA); the NoValue items are gone, not null
+        {
+            "Sid": "Sub",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": "arn:aws-cn:s3:::demo/${literal}/123456789012",
+        },
+        {"Sid": "Either", "Effect": "Allow", "Action": "s3:PutObject", "Resource": "*"},
     ]
-    role = render_role_from_template(template, {"Extra": "x", "Mode": "b"})
-    assert role.policies["p"]["Statement"] == [
-        {"Resource": "arn:aws:s3:::demo/${literal}/111111111111", "Either": "yes-either"},
-        {"Sid": "extra"},
-    ]
-    role = render_role_from_template(template, {"Extra": "x"})
-    assert role.policies["p"]["Statement"][0]["Both"] == "yes-both"
+    role = _mini({"Extra": "x", "Mode": "b"})
+    assert [s["Sid"] for s in role.policies["p"]["Statement"]] == ["Sub", "Either", "Extra"]
+    assert "Condition" not in role.policies["p"]["Statement"][0]
+    assert role.policies["p"]["Statement"][0]["Resource"] == "arn:aws:s3:::demo/${literal}/111111111111"
+    role = _mini({"Extra": "x"})  # Both: an !And of two !Condition
+    assert role.policies["p"]["Statement"][0]["Condition"] == {"StringEquals": {"aws:SourceVpc": "both"}}
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("RoleName: !Join", "RoleName: !Select [0, [a]] #"), "unsupported CloudFormation tag !Select"),
-        (("RoleName: !Join", "RoleName: !GetAtt Other.Arn #"), "unsupported intrinsic function Fn::GetAtt"),
-        (("RoleName: !Join", "RoleName: !Ref Other #"), "unsupported Ref 'Other'"),
-        (("B: !Ref Name", "C: !Ref Name"), r"unsupported Fn::Sub attribute|unsupported Ref 'B'"),
-        (("Path: /cmdb/", "ManagedPolicyArns: []"), "unsupported role properties"),
-        (("!Condition IsA]", "!Condition Nope]"), "unknown condition 'Nope'"),
+        (("Path: /cmdb/", "ManagedPolicyArns: [arn:aws:iam::aws:policy/ReadOnlyAccess]"), "ignores"),
+        (("Type: AWS::IAM::Role", "Type: AWS::IAM::User"), "does not deploy 'AWS::IAM::User'"),
+        (("RoleName: !Join", "RoleName: !Cidr [a, 1, 2] #"), "does not evaluate Fn::Cidr"),
+        (("RoleName: !Join", "RoleName: !GetAtt Other.Arn #"), "CloudFormation refused it"),
+        (("RoleName: !Join", "RoleName: !Ref Other #"), "CloudFormation refused it"),
+        (("- Either\n", "- Nope\n"), "CloudFormation refused it"),
     ],
 )
-def test_renderer_rejects_what_it_does_not_support(change: tuple[str, str], message: str) -> None:
+def test_deployment_refuses_what_moto_would_skip_or_keep(change: tuple[str, str], message: str) -> None:
     old, new = change
     assert old in _MINI
+    template = parse_template(_MINI.replace(old, new, 1))
+    cfn, iam = boto3.client("cloudformation", region_name="us-east-1"), boto3.client("iam")
     with pytest.raises(TemplateError, match=message):
-        render_role_from_template(parse_template(_MINI.replace(old, new, 1)), {"Extra": "x"})
+        deploy(cfn, iam, template, {"Extra": "x"}, stack_name="refused")
+    assert iam.list_roles()["Roles"] == []
 
 
 @pytest.mark.parametrize(
@@ -472,9 +501,9 @@ def test_renderer_rejects_what_it_does_not_support(change: tuple[str, str], mess
         ({"Name": 1}, "Name must be a string"),
     ],
 )
-def test_renderer_validates_parameters(parameters: dict[str, Any], message: str) -> None:
+def test_parameters_are_checked_before_deployment(parameters: dict[str, Any], message: str) -> None:
     with pytest.raises(TemplateError, match=message):
-        render_role_from_template(parse_template(_MINI), parameters)
+        _mini(parameters)
 
 
 def test_load_template_errors() -> None:
@@ -489,63 +518,69 @@ def test_load_template_errors() -> None:
 
 
 @pytest.fixture
-def iam(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IAM"):
-        monkeypatch.delenv(name, raising=False)
-    with mock_aws():
-        yield boto3.client("iam", region_name="us-east-1")
+def clients() -> Iterator[tuple[Any, Any]]:
+    """CloudFormation and IAM of moto's default account; the stacks a test creates are deleted after it."""
+    cfn, iam = boto3.client("cloudformation", region_name="us-east-1"), boto3.client("iam")
+    yield cfn, iam
+    for stack in cfn.describe_stacks()["Stacks"]:
+        cfn.delete_stack(StackName=stack["StackName"])
 
 
-def _create(iam: Any, role: RenderedRole) -> str:
-    arn = iam.create_role(
-        RoleName=role.role_name,
-        Path=role.path,
-        Description=role.description,
-        MaxSessionDuration=role.max_session_duration,
-        AssumeRolePolicyDocument=json.dumps(role.assume_role_policy),
-    )["Role"]["Arn"]
-    # moto validates trust policies only on update_assume_role_policy, not on create_role.
-    iam.update_assume_role_policy(RoleName=role.role_name, PolicyDocument=json.dumps(role.assume_role_policy))
-    for name, document in role.policies.items():
-        iam.put_role_policy(RoleName=role.role_name, PolicyName=name, PolicyDocument=json.dumps(document))
-    return arn
-
-
-def test_moto_iam_accepts_the_rendered_roles(iam: Any) -> None:
-    application = render_role(
+def test_moto_iam_accepts_the_deployed_roles(clients: tuple[Any, Any]) -> None:
+    cfn, iam = clients
+    hub = deploy(
+        cfn,
+        iam,
         APPLICATION,
         {"BucketName": BUCKET, "TopicArn": TOPIC_ARN, "KmsKeyArn": KMS_KEY_ARN, "OrganizationId": ORG_ID},
-        account_id="123456789012",
     )
-    hub_arn = _create(iam, application)
-    assert hub_arn == "arn:aws:iam::123456789012:role/CMDBApplication"
-    iam.create_instance_profile(InstanceProfileName=application.role_name)
-    iam.add_role_to_instance_profile(
-        InstanceProfileName=application.role_name, RoleName=application.role_name
+    application = hub.role()
+    hub_arn = hub.outputs["RoleArn"]
+    assert hub_arn == application.arn == "arn:aws:iam::123456789012:role/CMDBApplication"
+    # The default trust (EC2) comes with the instance profile, holding the role.
+    (profile,) = iam.list_instance_profiles()["InstanceProfiles"]
+    assert hub.outputs["InstanceProfileArn"] == profile["Arn"]
+    assert (profile["InstanceProfileName"], [r["RoleName"] for r in profile["Roles"]]) == (
+        application.role_name,
+        [application.role_name],
     )
 
-    discovery = render_role(
+    member = deploy(
+        cfn,
+        iam,
         DISCOVERY,
         {"HubRoleArn": hub_arn, "ExternalId": "cmdb-external-id", "OrganizationId": "o-abcdefghij"},
-        account_id="123456789012",
     )
-    _create(iam, discovery)
+    discovery = member.role()
+    assert set(member.outputs) == {"RoleArn"}
 
     for role in (application, discovery):
         stored = iam.get_role(RoleName=role.role_name)["Role"]
         assert stored["AssumeRolePolicyDocument"] == role.assume_role_policy
         assert stored["MaxSessionDuration"] == 3600
+        # moto validates trust policies only on update_assume_role_policy, not through CloudFormation.
+        iam.update_assume_role_policy(
+            RoleName=role.role_name, PolicyDocument=json.dumps(role.assume_role_policy)
+        )
         assert iam.list_role_policies(RoleName=role.role_name)["PolicyNames"] == list(role.policies)
         for name, document in role.policies.items():
             got = iam.get_role_policy(RoleName=role.role_name, PolicyName=name)["PolicyDocument"]
-            assert got == document
+            assert got == document  # JSON that boto3 parses: IAM validated it on PutRolePolicy
 
 
-def test_moto_iam_rejects_malformed_documents(iam: Any) -> None:
-    """Guard for the test above: moto really validates inline policies and trust policies."""
-    role = _discovery()
-    _create(iam, role)
+def test_a_role_trusted_hub_gets_no_instance_profile(clients: tuple[Any, Any]) -> None:
+    cfn, iam = clients
+    workers = "arn:aws:iam::123456789012:role/airflow-workers"
+    parameters = {"BucketName": BUCKET, "TrustedPrincipalType": "Role", "TrustedPrincipal": workers}
+    hub = deploy(cfn, iam, APPLICATION, parameters)
+    assert set(hub.outputs) == {"RoleArn"}
+    assert iam.list_instance_profiles()["InstanceProfiles"] == []
+
+
+def test_moto_iam_rejects_malformed_documents(clients: tuple[Any, Any]) -> None:
+    """Guard for the tests above: moto really validates inline policies and trust policies."""
+    cfn, iam = clients
+    role = deploy(cfn, iam, DISCOVERY, {"HubRoleArn": HUB_ROLE_ARN}).role()
     no_resource = {
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": "ec2:DescribeRegions"}],

@@ -15,8 +15,9 @@ import pytest
 from include.cmdb_inventory import contract, inventory
 from include.cmdb_inventory.config import Account, Settings, parse_settings
 from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, MANIFEST_NAME, SCHEMA_VERSION
-from include.cmdb_inventory.inventory import CoverageError, RunInfo, check_coverage, merge_inventory
+from include.cmdb_inventory.inventory import CoverageError, check_coverage, merge_inventory
 from include.cmdb_inventory.records import Record, csv_row, instance_record, sort_key
+from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore
 
 REGION = "us-east-1"

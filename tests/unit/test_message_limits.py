@@ -27,6 +27,7 @@ from include.cmdb_inventory.config import Account, parse_settings
 from include.cmdb_inventory.contract import MANIFEST_NAME
 from include.cmdb_inventory.notify import MAX_GAPS_LISTED, message, subject
 from include.cmdb_inventory.records import instance_record, sort_key
+from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore
 from include.cmdb_inventory.text import (
     ELLIPSIS,
@@ -121,9 +122,7 @@ def store() -> Iterator[SnapshotStore]:
 
 def night(store: SnapshotStore, ds: str, version: int) -> dict[str, Any]:
     """One run of ``ds`` whose 20 instances carry maximum-size tags (``version`` varies the values)."""
-    run = inventory.RunInfo(
-        "cmdb_ec2_inventory", f"scheduled__{ds}T02:00:00+00:00", ds, f"{ds}T02:00:00+00:00"
-    )
+    run = RunInfo("cmdb_ec2_inventory", f"scheduled__{ds}T02:00:00+00:00", ds, f"{ds}T02:00:00+00:00")
     records = sorted(
         (
             instance_record(

@@ -206,3 +206,109 @@ def test_an_unusable_manifest_is_named_with_why() -> None:
         "Unusable: s3://b/latest/manifest.json (not a JSON object (a JSON list)): treated as absent" in text
     )
     assert "Unusable:" not in message(summary())
+
+
+# --- publishing: one path to SNS ------------------------------------------------------------------------
+
+TOPIC = "arn:aws:sns:eu-west-1:111111111111:cmdb-ec2-inventory"
+
+
+class _SnsHook:
+    """The provider's SnsHook as SNS answers it: ``publish_to_target`` returns Publish's whole response."""
+
+    calls: list[dict[str, Any]] = []
+
+    def __init__(self, *, aws_conn_id: str, region_name: str | None) -> None:
+        self.where = {"aws_conn_id": aws_conn_id, "region_name": region_name}
+
+    def publish_to_target(self, **kwargs: Any) -> dict[str, Any]:
+        _SnsHook.calls.append({**self.where, **kwargs})
+        return {"MessageId": "5a1e-m1", "ResponseMetadata": {"RequestId": "r-1", "HTTPHeaders": {"x": "y"}}}
+
+
+@pytest.fixture
+def sns_hook(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    from airflow.providers.amazon.aws.hooks import sns
+
+    monkeypatch.setattr(sns, "SnsHook", _SnsHook)
+    _SnsHook.calls = []
+    return _SnsHook.calls
+
+
+def test_publish_keeps_snss_limits_and_returns_the_message_id(sns_hook: list[dict[str, Any]]) -> None:
+    from include.cmdb_inventory.notify import publish
+    from include.cmdb_inventory.text import MAX_MESSAGE_BYTES, published_size
+
+    receipt = publish(TOPIC, "x\r\nInjected " + "s" * 200, "line\n" * 60_000, aws_conn_id="hub")
+    (call,) = sns_hook
+    assert (call["target_arn"], call["aws_conn_id"], call["region_name"]) == (TOPIC, "hub", None)
+    assert len(call["subject"]) < SNS_SUBJECT_MAX
+    assert "\n" not in call["subject"]
+    assert "\r" not in call["subject"]
+    assert published_size(call["message"]) <= MAX_MESSAGE_BYTES < published_size("line\n" * 60_000)
+    # The receipt (an XCom): SNS's message id, never Publish's response (its request id, HTTP headers).
+    assert receipt == {
+        "topic_arn": TOPIC,
+        "subject": call["subject"],
+        "message_bytes": len(call["message"].encode()),
+        "message_id": "5a1e-m1",
+    }
+
+
+def test_the_cmdb_notification_is_published_with_its_receipt(sns_hook: list[dict[str, Any]]) -> None:
+    from include.cmdb_inventory.config import parse_settings
+    from include.cmdb_inventory.inventory import notify_cmdb
+
+    settings = parse_settings(
+        {"accounts": ["111111111111"], "bucket": "b-cmdb", "sns_topic_arn": TOPIC, "hub_region": "eu-west-1"}
+    )
+    receipt = notify_cmdb(settings, summary())
+    (call,) = sns_hook
+    assert (call["target_arn"], call["region_name"]) == (TOPIC, "eu-west-1")
+    assert call["message"] == message(summary())
+    assert receipt["message_id"] == "5a1e-m1"
+
+
+def test_every_notification_and_alert_goes_through_publish(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CMDB notification, the preflight's, the failure alert and the deadline alert: one function."""
+    from types import SimpleNamespace
+
+    from include.cmdb_inventory import alerts, inventory, notify, preflight, tasks
+
+    published: list[tuple[str, str]] = []
+
+    def publish(topic_arn: str, subject: str, message: str, **where: Any) -> Any:
+        published.append((topic_arn, subject))
+        return {"topic_arn": topic_arn, "subject": subject, "message_bytes": 0, "message_id": "m"}
+
+    monkeypatch.setattr(notify, "publish", publish)
+    settings = SimpleNamespace(sns_topic_arn=TOPIC, aws_conn_id="aws_default", hub_region="eu-west-1")
+    monkeypatch.setattr(tasks, "settings_from", lambda context: settings)
+    readiness = {
+        "mode": "preflight",
+        "ds": "2024-03-01",
+        "dag_run_id": RUN_ID,
+        "report_uri": "s3://b/p/preflight.json",
+        "accounts_expected": 1,
+        "accounts_ready": 1,
+        "ready": True,
+        "not_ready_count": 0,
+        "not_ready": [],
+        "accounts_not_scanned": 0,
+    }
+
+    inventory.notify_cmdb(settings, summary())
+    preflight.notify_readiness(settings, readiness)
+    failed = SimpleNamespace(task_id="scan_account", try_number=1, rendered_map_index="222222222222")
+    context = {"ti": failed, "dag_run": SimpleNamespace(run_id=RUN_ID), "exception": RuntimeError("boom")}
+    alerts.TaskFailureNotifier().notify(context)
+    run = {"dag_run_id": RUN_ID, "run_type": "scheduled", "queued_at": "2024-03-01T02:00:01Z"}
+    alerts.deadline_missed({"dag_run": run, "deadline": {"deadline_time": "2024-03-01T06:00:00Z"}}, 240)
+
+    assert [topic for topic, _ in published] == [TOPIC] * 4
+    assert [subject.split(":")[0] for _, subject in published] == [
+        "EC2 inventory 2024-03-01",
+        "EC2 inventory preflight 2024-03-01",
+        "cmdb_ec2_inventory",
+        "cmdb_ec2_inventory",
+    ]

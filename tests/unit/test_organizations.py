@@ -9,9 +9,10 @@ import boto3
 import pytest
 
 from include.cmdb_inventory import organizations
-from include.cmdb_inventory.config import Account, ConfigError, parse_settings
-from include.cmdb_inventory.inventory import RunInfo, merge_inventory, resolve_accounts
-from include.cmdb_inventory.organizations import OrganizationsSettings, discover
+from include.cmdb_inventory.config import Account, ConfigError, OrganizationsSettings, parse_settings
+from include.cmdb_inventory.inventory import merge_inventory, resolve_accounts
+from include.cmdb_inventory.organizations import discover
+from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore
 
 REGION = "us-east-1"
@@ -195,14 +196,14 @@ def test_resolve_refuses_an_empty_scope(org: Org) -> None:
     empty = org.ou("Empty")
     settings = parse_settings({"bucket": BUCKET, "organizations": {"include_ous": [empty]}})
     with pytest.raises(ConfigError, match="no ACTIVE account in scope"):
-        organizations.resolve(settings, org.client)
+        organizations.expected_accounts(settings, org.client)
 
 
 def test_params_accounts_override_discovery(org: Org) -> None:
     settings = parse_settings(
         {"bucket": BUCKET, "organizations": {}}, {"accounts": [{"id": "222222222222", "name": "one"}]}
     )
-    found = organizations.resolve(settings, client=None)  # no client: it must not ask Organizations
+    found = organizations.expected_accounts(settings, client=None)  # no client: it must not ask Organizations
     assert ids(found.accounts) == ["222222222222"]
     assert found.source == "params.accounts"
 
@@ -305,11 +306,11 @@ def test_role_arn_is_assumed_before_listing(moto_url: str, set_hub_connection: A
 
     hub_only = parse_settings({"bucket": BUCKET, "organizations": {}})
     with pytest.raises(ConfigError, match="no ACTIVE account in scope"):  # moto: no org, no accounts
-        organizations.resolve(hub_only)
+        organizations.expected_accounts(hub_only)
     through_role = parse_settings(
         {"bucket": BUCKET, "organizations": {"role_arn": f"arn:aws:iam::{management}:role/org/OrgReader"}}
     )
     org_client = organizations.organizations_client(through_role, "cmdb-org-test")
     assert org_client.meta.config.retries["mode"] == "standard"
-    found = organizations.resolve(through_role, org_client)
+    found = organizations.expected_accounts(through_role, org_client)
     assert ids(found.accounts) == [management]

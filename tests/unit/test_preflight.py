@@ -1,9 +1,12 @@
-"""Preflight mode against moto's server: role, enabled regions, allowed regions; the report; no snapshot."""
+"""The preflight against moto's server: role, enabled regions, allowed regions; the report; no snapshot."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -12,7 +15,7 @@ import pytest
 from include.cmdb_inventory import preflight
 from include.cmdb_inventory.aws.hooks import CrossAccountHook
 from include.cmdb_inventory.config import Account, parse_settings
-from include.cmdb_inventory.inventory import RunInfo
+from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore
 
 pytestmark = pytest.mark.usefixtures("hub_connection")
@@ -34,7 +37,7 @@ def fail_in(hook: CrossAccountHook, region: str, response: Any) -> None:
 def test_a_ready_account_lists_enabled_and_allowed_regions() -> None:
     account = new_account()
     hook = CrossAccountHook(account_id=account.id)
-    doc = preflight.check_account(hook, account, regions=REGIONS)
+    doc = preflight.probe_account(hook, account, regions=REGIONS)
     assert doc["status"] == "OK"
     assert doc["role_arn"] == f"arn:aws:iam::{account.id}:role/CMDBDiscovery"
     assert doc["regions_allowed"] == list(REGIONS)
@@ -48,7 +51,7 @@ def test_denied_and_disabled_regions(aws_error: Callable[..., Any]) -> None:
     fail_in(hook, "eu-west-1", aws_error("UnauthorizedOperation", "explicit deny in an SCP", status=403))
     fail_in(hook, "us-west-2", aws_error("AuthFailure", "region not enabled", status=401))
 
-    doc = preflight.check_account(hook, account, regions=REGIONS)
+    doc = preflight.probe_account(hook, account, regions=REGIONS)
 
     statuses = {e["region"]: e["status"] for e in doc["regions"]}
     assert statuses == {"eu-west-1": "REGION_DENIED", "us-east-1": "OK", "us-west-2": "REGION_DISABLED"}
@@ -69,7 +72,7 @@ def test_a_role_that_cannot_be_assumed(aws_error: Callable[..., Any]) -> None:
         "before-send.sts.AssumeRole",
         lambda **_: aws_error("AccessDenied", "not authorized to perform sts:AssumeRole", 403, "query"),
     )
-    doc = preflight.check_account(hook, account, regions=REGIONS)
+    doc = preflight.probe_account(hook, account, regions=REGIONS)
     assert doc["status"] == "ROLE_NOT_ASSUMABLE"
     assert doc["regions"] == []
     [reason] = preflight.reasons_of(doc)
@@ -96,16 +99,16 @@ def test_report_under_staging_and_nothing_else(store: SnapshotStore, aws_error: 
         dag_id="cmdb_ec2_inventory", run_id=f"manual__pf{ready.id}", ds="2026-12-03", logical_date="x"
     )
 
-    assert preflight.preflight_account(settings, run, ready, store)["ready"] is True
+    assert preflight.check_account(settings, run, ready, store)["ready"] is True
     bad_hook = CrossAccountHook(account_id=broken.id)
     bad_hook.hub_sts.meta.events.register(
         "before-send.sts.AssumeRole", lambda **_: aws_error("AccessDenied", "denied", 403, "query")
     )
-    assert preflight.preflight_account(settings, run, broken, store, hook=bad_hook)["ready"] is False
+    assert preflight.check_account(settings, run, broken, store, hook=bad_hook)["ready"] is False
     # ``silent``'s task never reported (killed): it is not ready either.
     expected = [a.to_dict() for a in (ready, broken, silent)]
 
-    summary = preflight.preflight_report(settings, run, store, expected, {"not_scanned": [{"id": "x"}]})
+    summary = preflight.write_report(settings, run, store, expected, {"not_scanned": [{"id": "x"}]})
 
     assert summary["mode"] == "preflight"
     assert summary["ready"] is False
@@ -139,3 +142,79 @@ def test_report_under_staging_and_nothing_else(store: SnapshotStore, aws_error: 
 
 def test_check_ready_passes_when_every_account_is_ready() -> None:
     preflight.check_ready({"ready": True, "report_uri": "s3://b/k", "ds": "2026-12-03"})
+
+
+def test_the_inventory_dags_deprecated_mode_param_still_runs_the_preflight_and_says_so(
+    store: SnapshotStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    ``mode=preflight`` on ``cmdb_ec2_inventory`` (deprecated for one release): its five tasks, through the
+    adapter as the DAG calls them, check the accounts instead of scanning them, and every task's log, the
+    merge's XCom and the notification say to use ``cmdb_ec2_inventory_preflight``.
+    """
+    from airflow.sdk import Variable
+
+    from include.cmdb_inventory import tasks
+
+    account = new_account()
+    variable = {"bucket": BUCKET, "accounts": [account.id], "regions": list(REGIONS)}
+    monkeypatch.setattr(Variable, "get", staticmethod(lambda key, default=None: json.dumps(variable)))
+    monkeypatch.setattr(tasks, "store_for", lambda settings: store)
+    xcoms: dict[str, Any] = {}
+
+    class Ti:
+        try_number = 1
+
+        def xcom_push(self, key: str, value: Any) -> None:
+            xcoms[key] = value
+
+        def xcom_pull(self, task_ids: str, key: str) -> Any:
+            return xcoms.get(key)
+
+    class DagRun:
+        dag_id = "cmdb_ec2_inventory"
+        run_id = f"manual__deprecated{account.id}"
+        logical_date = datetime(2026, 12, 4, 2, tzinfo=UTC)
+
+    context: dict[str, Any] = {"params": {"mode": "preflight"}, "ti": Ti(), "dag_run": DagRun()}
+    with caplog.at_level(logging.INFO):
+        accounts = tasks.resolve(context)
+        checked = [tasks.scan(context, a) for a in accounts]
+        summary = tasks.merge(context)
+        receipt = tasks.notify(context, summary)
+        tasks.check(context, summary)  # every account is ready: the preflight's check passes
+
+    assert checked == [{"account": account.id, "ready": True, "status": "OK"}]
+    assert summary["mode"] == "preflight"
+    assert summary["ready"] is True
+    assert summary["deprecation"] == tasks.DEPRECATION
+    assert "deprecated" in tasks.DEPRECATION
+    assert "cmdb_ec2_inventory_preflight" in tasks.DEPRECATION
+    warnings = [r for r in caplog.records if r.name == tasks.__name__ and r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [f"DEPRECATED: {tasks.DEPRECATION}"] * 5  # each task's log
+    # No topic is configured: the notification is logged, and it says so too.
+    assert receipt["message_id"] is None
+    assert f"DEPRECATED: {tasks.DEPRECATION}" in caplog.text
+    staging = store.layout.staging(tasks.run_info(context).ds, DagRun.run_id)
+    assert store.get_json(f"{staging}/preflight.json") is not None
+    assert store.get_json(store.layout.snapshot("2026-12-04", "manifest.json")) is None  # no snapshot
+
+
+@pytest.mark.parametrize("mode", [None, "", "inventory"])
+def test_an_inventory_run_is_no_preflight_and_says_nothing_of_it(
+    mode: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from include.cmdb_inventory import tasks
+
+    assert tasks.deprecated_preflight({"params": {"mode": mode}}) is False
+    assert tasks.deprecated_preflight({}) is False
+    assert "DEPRECATED" not in caplog.text
+
+
+def test_an_unknown_mode_fails_the_run_for_good() -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.cmdb_inventory import tasks
+
+    with pytest.raises(AirflowFailException, match="invalid param mode: 'scan'"):
+        tasks.deprecated_preflight({"params": {"mode": "scan"}})

@@ -1,4 +1,4 @@
-"""scan_account over moto's server: pagination, regions in parallel, states, per-region failures."""
+"""scan.scan_regions over moto's server: pagination, regions in parallel, states, per-region failures."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from devtools.emulator import session_in
 from include.cmdb_inventory.aws.hooks import CrossAccountHook
 from include.cmdb_inventory.config import DEFAULT_INSTANCE_STATES, INSTANCE_STATES, Account
 from include.cmdb_inventory.contract import OK, REGION_DENIED, REGION_DISABLED, ROLE_NOT_ASSUMABLE, THROTTLED
-from include.cmdb_inventory.scan import PAGE_SIZE, AccountScan, scan_account
+from include.cmdb_inventory.scan import PAGE_SIZE, AccountScan, scan_regions
 
 BIG = "510000000001"  # one region with more than one page of reservations
 MIXED = "510000000002"  # several regions, every kind of state
@@ -195,7 +195,7 @@ def hook(account: str, **kwargs: Any) -> CrossAccountHook:
 def scan(
     target: CrossAccountHook, account: str, states: tuple[str, ...] = DEFAULT_INSTANCE_STATES, **kwargs: Any
 ) -> AccountScan:
-    return scan_account(
+    return scan_regions(
         target,
         Account(id=account, name=NAMES[account]),
         states=states,

@@ -7,16 +7,16 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import boto3
 import pytest
 
 from include.cmdb_inventory import contract, inventory
 from include.cmdb_inventory.changes import CHANGE_COLUMNS, find_previous, snapshot_dates
 from include.cmdb_inventory.config import Account, parse_settings
 from include.cmdb_inventory.contract import CHANGES_NAME, MANIFEST_NAME
-from include.cmdb_inventory.inventory import RunInfo, merge_inventory
+from include.cmdb_inventory.inventory import merge_inventory
 from include.cmdb_inventory.notify import message
 from include.cmdb_inventory.records import Record, instance_record, sort_key
+from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore
 
 REGION = "us-east-1"
@@ -30,17 +30,9 @@ Servers = Mapping[str, Sequence[tuple[str, str, str]]]  # region -> (instance id
 
 
 @pytest.fixture
-def store(mocked_aws: None) -> SnapshotStore:
-    """An empty bucket (emptied between tests) behind a fresh client."""
-    client = boto3.client("s3", region_name=REGION)
-    if BUCKET in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
-    else:
-        client.create_bucket(Bucket=BUCKET)
-    return SnapshotStore(client, BUCKET, PREFIX)
+def s3_bucket() -> str:
+    """The conftest's ``store``: this module's bucket, emptied between tests, behind a fresh client."""
+    return BUCKET
 
 
 def settings_for(**extra: Any) -> Any:

@@ -30,6 +30,7 @@ from include.cmdb_inventory.storage import (
     CSV_CONTENT_TYPE,
     BucketOwnerError,
     SnapshotStore,
+    UnsafeUrlError,
     decide_write,
     snapshot_rank,
     spool,
@@ -49,19 +50,9 @@ WRITE_OPS = {"PutObject", "CopyObject", "CreateMultipartUpload"}
 
 
 @pytest.fixture
-def s3(mocked_aws: None) -> Any:
-    """A fresh client (so event hooks never leak between tests) and an empty bucket."""
-    client = boto3.client("s3", region_name=REGION)
-    if BUCKET in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        for upload in client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
-            client.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
-    else:
-        client.create_bucket(Bucket=BUCKET)
-    return client
+def s3_bucket() -> str:
+    """The conftest's ``s3`` fixture: a fresh client and this module's bucket, empty."""
+    return BUCKET
 
 
 @dataclass
@@ -442,7 +433,7 @@ def test_the_stores_s3_client_retries_through_a_slowdown_storm_on_a_multipart_up
     """
     from devtools.gateway import AwsGateway
     from include.cmdb_inventory.config import parse_settings
-    from include.cmdb_inventory.inventory import store_for
+    from include.cmdb_inventory.run import store_for
 
     with AwsGateway(upstream=moto_url) as gateway:
         for name, value in hub_env_factory(gateway.url).items():
@@ -495,6 +486,15 @@ def exercise_every_write(store: SnapshotStore) -> None:
         store.upload_csv(out, store.layout.snapshot(DS, CSV_NAME), {"rows": "1"})
     store.copy(store.layout.snapshot(DS, CSV_NAME), store.layout.latest(CSV_NAME))
     store.put_bytes(f"{PREFIX}/raw.bin", b"raw", "application/octet-stream")
+    # The reads that changes.py, formats.py and the coverage page make through the store.
+    csv_key = store.layout.snapshot(DS, CSV_NAME)
+    with spool() as out:
+        assert store.download_into(csv_key, out) is not None
+    assert store.get_bytes(csv_key, max_bytes=4) == b"Accou"
+    assert store.list_folders(f"{PREFIX}/ds=") == [f"{PREFIX}/ds={DS}/"]
+    signer = boto3.client("s3", region_name=REGION, config=Config(signature_version="s3v4"))
+    assert store.download_url(csv_key, "x.csv", signer=signer, expires_in=60).startswith("https://")
+    store.delete(f"{PREFIX}/raw.bin")
 
 
 @pytest.mark.parametrize(
@@ -521,6 +521,52 @@ def test_every_request_carries_encryption_and_owner_and_no_acl(
         assert_encrypted(params, kms_key_id)
     assert_owner_on_every_call(wire, owner)
     assert read_body(s3, store.layout.latest(CSV_NAME)).count(b"\r\n") == 2
+
+
+def test_download_into_streams_an_object_and_tells_a_missing_one(s3: Any) -> None:
+    store = make_store(s3)
+    data = large_csv(3 * MIB)
+    store.put_bytes("k.csv", data, "text/csv")
+    with spool() as out:
+        assert store.download_into("k.csv", out) == hashlib.sha256(data).hexdigest()
+        out.seek(0)
+        assert out.read() == data
+        out.seek(0)
+        assert store.download_into("missing.csv", out) is None
+        assert out.tell() == 0  # nothing written
+    assert store.get_bytes("k.csv") == data
+    assert store.get_bytes("k.csv", max_bytes=10) == data[:11]  # one byte more: the caller sees it is over
+
+
+def test_list_folders_names_the_folders_right_under_a_prefix(s3: Any) -> None:
+    store = make_store(s3)
+    for key in ("ds=2024-03-01/a.csv", "ds=2024-03-02/run=x/b.csv", "ds=2024-03-02/c.csv", "latest/a.csv"):
+        store.put_bytes(f"{PREFIX}/{key}", b"x", "text/csv")
+    assert store.list_folders(f"{PREFIX}/ds=") == [f"{PREFIX}/ds=2024-03-01/", f"{PREFIX}/ds=2024-03-02/"]
+    assert store.list_folders(f"{PREFIX}/") == [
+        f"{PREFIX}/{d}/" for d in ("ds=2024-03-01", "ds=2024-03-02", "latest")
+    ]
+    assert store.list_folders(f"{PREFIX}/nothing/") == []
+
+
+def test_a_download_url_signs_the_host_only_and_is_refused_otherwise(s3: Any) -> None:
+    store = make_store(s3, owner=OWNER)
+    store.put_bytes("k.csv", b"x", "text/csv")
+    signer = boto3.client("s3", region_name=REGION, config=Config(signature_version="s3v4"))
+    url = store.download_url("k.csv", "inventory.csv", signer=signer, expires_in=300)
+    assert "X-Amz-SignedHeaders=host&" in url
+    assert "attachment%3B%20filename%3D%22inventory.csv%22" in url
+    # A store's client adds the owner (a header) to every request: a URL it signed would need the browser
+    # to send that header, so it is refused; so is a SigV2 URL.
+    owned = boto3.client("s3", region_name=REGION, config=Config(signature_version="s3v4"))
+    SnapshotStore(owned, BUCKET, PREFIX, expected_bucket_owner=OWNER)
+    with pytest.raises(UnsafeUrlError, match="over headers 'host;x-amz-expected-bucket-owner'"):
+        store.download_url("k.csv", "inventory.csv", signer=owned, expires_in=300)
+    sigv2 = boto3.client("s3", region_name=REGION, config=Config(signature_version="s3"))
+    with pytest.raises(UnsafeUrlError, match="SigV2"):
+        store.download_url("k.csv", "inventory.csv", signer=sigv2, expires_in=300)
+    with pytest.raises(ClientError):  # the owner-checked HEAD first: no URL for a missing object
+        store.download_url("missing.csv", "x.csv", signer=signer, expires_in=300)
 
 
 def test_objects_are_stored_encrypted(s3: Any) -> None:

@@ -1,1 +1,1 @@
-"""AWS plumbing: the cross-account hook, its clients, and the one redaction of credentials."""
+"""AWS plumbing: the hooks, their clients, the measured botocore tuning, error codes, the one redactor."""

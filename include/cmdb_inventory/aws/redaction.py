@@ -106,6 +106,8 @@ def scrub(text: str, limit: int = SCRUB_LIMIT) -> str:
 def _masked(text: str) -> str:
     """Airflow's masker (every secret registered with ``mask_secret``) where Airflow is importable."""
     try:
+        # Airflow 3.3 has no public redact: its deprecated public path (airflow.sdk.execution_time.
+        # secrets_masker) names this module as the one to use, and airflow.sdk.log uses it too.
         from airflow.sdk._shared.secrets_masker import redact as mask
     except ImportError:  # outside Airflow: the patterns alone
         return text
@@ -139,6 +141,8 @@ LOG_FILTER = CredentialLogFilter()
 # canonical requests, response bodies — AssumeRole's carries the new secret before it can be registered with
 # the masker), boto3's, s3transfer's and urllib3's.
 AWS_LOGGER_PACKAGES = ("botocore", "boto3", "s3transfer", "urllib3", "aiobotocore")
+# The loggers' names, found on disk once per process (loggers are process-wide, and walking the packages is
+# the slow part); each call then only checks that every one of them still has the filter.
 _GUARD_LOCK = threading.Lock()
 _GUARDED: set[str] = set()
 

@@ -128,13 +128,19 @@ def _cell(entry: Mapping[str, Any], account_label: str) -> dict[str, Any]:
     }
 
 
+def _list_of(raw: Mapping[str, Any], key: str) -> list[Any]:
+    """``raw[key]`` when it is a list, else an empty one (a foreign manifest may hold anything)."""
+    value = raw.get(key)
+    return value if isinstance(value, list) else []
+
+
 def _changes(raw: Any) -> dict[str, Any] | None:
     """The manifest's ``changes`` summary, normalised; ``None`` when the manifest has none."""
     if not isinstance(raw, Mapping):
         return None
     top = [
         {key: text(item.get(key)) for key in CHANGE_KEYS}
-        for item in (raw.get("top") if isinstance(raw.get("top"), list) else [])[:MAX_CHANGES_LISTED]
+        for item in _list_of(raw, "top")[:MAX_CHANGES_LISTED]
         if isinstance(item, Mapping)
     ]
     groups = [
@@ -144,9 +150,7 @@ def _changes(raw: Any) -> dict[str, Any] | None:
             "reason": text(g.get("reason")),
             "instances": number(g.get("instances")),
         }
-        for g in (raw.get("not_verified_groups") if isinstance(raw.get("not_verified_groups"), list) else [])[
-            :MAX_CHANGES_LISTED
-        ]
+        for g in _list_of(raw, "not_verified_groups")[:MAX_CHANGES_LISTED]
         if isinstance(g, Mapping)
     ]
     status = text(raw.get("status"), 64)

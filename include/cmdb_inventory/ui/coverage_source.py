@@ -1,6 +1,7 @@
 """
 Where the coverage page reads from: the latest snapshot's manifest in S3, located through the same
-Variable the DAG reads, fetched through the Amazon provider's S3 hook at request time, cached briefly.
+Variable the DAG reads, fetched through the snapshot store (on the Amazon provider's S3 hook machinery) at
+request time, cached briefly.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from include.cmdb_inventory.storage import SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -95,24 +99,31 @@ def _hub_hook(location: Location) -> Any:
     return HubHook(aws_conn_id=location.aws_conn_id, region_name=location.region_name, client_type="s3")
 
 
-def _s3_client(location: Location) -> Any:
-    """The client of the server's own reads (every one names the expected bucket owner)."""
-    return _hub_hook(location).get_conn()
+def store_of(location: Location, client: Any = None) -> SnapshotStore:
+    """
+    The snapshot store of ``location``: every S3 call of the page goes through it (each names the expected
+    bucket owner). ``client`` replaces the server's own reading client (the hub hook's).
+    """
+    from include.cmdb_inventory.storage import SnapshotStore
+
+    return SnapshotStore(
+        client or _hub_hook(location).get_conn(),
+        location.bucket,
+        location.prefix,
+        expected_bucket_owner=location.expected_bucket_owner,
+    )
 
 
 def _presigning_client(location: Location) -> Any:
     """
     A client that presigns with SigV4 (connection extras kept): botocore's default for presigned S3 URLs
-    is SigV2 on some endpoints, which S3 refuses for SSE-KMS objects.
+    is SigV2 on some endpoints, which S3 refuses for SSE-KMS objects. Its own client, so the store's owner
+    check (a header) is never signed into a URL that a browser uses.
     """
     from botocore.config import Config
 
     hook = _hub_hook(location)
     return hook.get_client_type(config=hook.config.merge(Config(signature_version="s3v4")))
-
-
-def _owner_args(location: Location) -> dict[str, str]:
-    return {"ExpectedBucketOwner": location.expected_bucket_owner} if location.expected_bucket_owner else {}
 
 
 def fetch_manifest(location: Location, client: Any = None) -> dict[str, Any]:
@@ -123,9 +134,7 @@ def fetch_manifest(location: Location, client: Any = None) -> dict[str, Any]:
 
     key = location.manifest_key
     try:
-        client = client or _s3_client(location)
-        response = client.get_object(Bucket=location.bucket, Key=key, **_owner_args(location))
-        body = response["Body"].read(MAX_MANIFEST_BYTES + 1)
+        body = store_of(location, client).get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)
     except ClientError as err:
         error = err.response.get("Error", {})
         code = str(error.get("Code", "Unknown"))
@@ -154,26 +163,18 @@ def fetch_manifest(location: Location, client: Any = None) -> dict[str, Any]:
 
 def presigned_url(location: Location, key: str, filename: str, client: Any = None) -> str:
     """
-    A short-lived SigV4 GET URL of one object, downloaded as ``filename``, that a browser can use as is: it
-    signs the host and the query only (a browser sends no ``x-amz-*`` header). The bucket owner is checked
-    by the server's own HEAD of the object first (``ExpectedBucketOwner``), so no URL is handed out for an
-    object of a bucket that another account owns. ``client`` replaces the server's reading client.
+    A short-lived SigV4 GET URL of one object, downloaded as ``filename``, that a browser can use as is
+    (``SnapshotStore.download_url``: the host and the query signed only, the bucket owner checked by the
+    server's own HEAD of the object first). ``client`` replaces the server's reading client.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from include.cmdb_inventory.storage import UnsafeUrlError
+
     try:
-        reader = client or _s3_client(location)
-        reader.head_object(Bucket=location.bucket, Key=key, **_owner_args(location))
-        url = str(
-            _presigning_client(location).generate_presigned_url(
-                "get_object",
-                Params={
-                    "Bucket": location.bucket,
-                    "Key": key,
-                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
-                },
-                ExpiresIn=PRESIGN_SECONDS,
-            )
+        store = store_of(location, client)
+        return store.download_url(
+            key, filename, signer=_presigning_client(location), expires_in=PRESIGN_SECONDS
         )
     except ClientError as err:
         code = str(err.response.get("Error", {}).get("Code", "Unknown"))
@@ -189,24 +190,8 @@ def presigned_url(location: Location, key: str, filename: str, client: Any = Non
         raise SourceError(
             502, "Cannot offer the download", f"{location.uri(key)}: {type(err).__name__}"
         ) from None
-    check_browser_safe(url)
-    return url
-
-
-def check_browser_safe(url: str) -> None:
-    """Refuse a presigned URL a browser could not use: not SigV4, or signing more than the host."""
-    from urllib.parse import parse_qs, urlsplit
-
-    query = parse_qs(urlsplit(url).query)
-    algorithm = query.get("X-Amz-Algorithm", [""])[0]
-    signed = query.get("X-Amz-SignedHeaders", [""])[0]
-    if algorithm != "AWS4-HMAC-SHA256" or signed != "host":
-        raise SourceError(
-            500,
-            "Cannot offer the download",
-            f"the presigned URL is signed with {algorithm or 'SigV2'} over headers {signed or '-'!r}; "
-            "a browser needs SigV4 over the host only",
-        )
+    except UnsafeUrlError as err:
+        raise SourceError(500, "Cannot offer the download", str(err)) from None
 
 
 class SnapshotCache:
