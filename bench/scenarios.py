@@ -19,6 +19,7 @@ from bench.floor import Capacity, floor_seconds, measure_capacity
 from bench.servers import Emulator, children_cpu
 from bench.world import LEGACY_COLUMNS, Seeded, Verdict, verify_csv
 from devtools import emulator, sandbox
+from devtools.world import DISCOVERY_ROLE, PAYER, session_in
 
 DS = "2026-11-26"
 RUN_TIMEOUT = 1800
@@ -91,7 +92,7 @@ def others(before: dict[str, float], after: dict[str, float], ours: float) -> di
 
 def s3_client(moto_url: str) -> Any:
     """An S3 client of the payer (the bucket's owner), straight at moto."""
-    return emulator.session_in(moto_url, emulator.PAYER).client("s3", endpoint_url=moto_url)
+    return session_in(moto_url, PAYER).client("s3", endpoint_url=moto_url)
 
 
 def _measured(
@@ -198,7 +199,7 @@ def run_baseline(emu: Emulator, seeded: Seeded, latency_ms: float) -> Measured:
             "hub_role_arn": connection["extra"]["role_arn"],
             "accounts": list(seeded.names),
             "regions": list(seeded.spec.regions),
-            "role_name": emulator.DISCOVERY_ROLE,
+            "role_name": DISCOVERY_ROLE,
             "csv_path": str(csv_path),
         }
         from bench.servers import bench_env
@@ -215,7 +216,7 @@ def run_baseline(emu: Emulator, seeded: Seeded, latency_ms: float) -> Measured:
 def capacity(emu: Emulator, seeded: Seeded, threads: int) -> Capacity:
     """moto's capacity for the floor's calls (straight at moto, no gateway)."""
     return measure_capacity(
-        emu.moto_url, seeded, emulator.DISCOVERY_ROLE, threads, cpu_of_moto=lambda: emu.cpu()["moto"]
+        emu.moto_url, seeded, DISCOVERY_ROLE, threads, cpu_of_moto=lambda: emu.cpu()["moto"]
     )
 
 

@@ -36,6 +36,7 @@ from typing import Any
 from bench.servers import Emulator
 from bench.world import DEFAULT_REGIONS, WorldSpec, seed
 from devtools import emulator, sandbox
+from devtools.world import BUCKET, HOME_REGION, HUB_ROLE
 
 EC2_OPERATIONS = frozenset({"DescribeInstances", "DescribeRegions"})  # the inventory's (inventory.py)
 PAGE_INSTANCES = 100  # instances in the parsed page (one reservation: moto pages by reservation)
@@ -105,7 +106,7 @@ def child_hub_session(variant: str, params: dict[str, Any]) -> dict[str, Any]:
             answer = self.hub_sts.get_caller_identity()
             return {"Account": answer["Account"], "Arn": answer["Arn"]}
 
-    region = emulator.HOME_REGION
+    region = HOME_REGION
     config = Config(retries={"mode": "standard", "total_max_attempts": 8})
     cpu0, wall0 = time.process_time(), time.perf_counter()
     store_hook = (hooks.HubHook if variant == "one" else AwsBaseHook)(
@@ -115,7 +116,7 @@ def child_hub_session(variant: str, params: dict[str, Any]) -> dict[str, Any]:
     hook_class = hooks.CrossAccountHook if variant == "one" else PerHookSession
     hook = hook_class(account_id=params["account"], region_name=region)
     hook.assume()
-    s3.list_objects_v2(Bucket=emulator.BUCKET, MaxKeys=1)  # the store's first call (its credentials in use)
+    s3.list_objects_v2(Bucket=BUCKET, MaxKeys=1)  # the store's first call (its credentials in use)
     return {"cpu": time.process_time() - cpu0, "wall": time.perf_counter() - wall0}
 
 
@@ -140,7 +141,7 @@ def run_child(kind: str, variant: str, params: dict[str, Any], env: dict[str, st
 
 def child_env(emu: Emulator, home: Path, connection: dict[str, Any]) -> dict[str, str]:
     """A child's environment: a throwaway Airflow home, the hub connection, quiet logs."""
-    env = sandbox.airflow_env(home, connection, {"accounts": [], "bucket": emulator.BUCKET})
+    env = sandbox.airflow_env(home, connection, {"accounts": [], "bucket": BUCKET})
     env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # warm processes, as a deployed image has bytecode
     return env
@@ -242,7 +243,7 @@ def measure_hub_session(emu: Emulator, home: Path, account: str, repeats: int) -
                 emu.reset_calls()
                 answer = run_child("hub_session", variant, {"account": account}, env)
                 stats = emu.stats()
-                answer["assume_role_hub"] = stats["assume_role_by_role"].get(emulator.HUB_ROLE, 0)
+                answer["assume_role_hub"] = stats["assume_role_by_role"].get(HUB_ROLE, 0)
                 answer["get_caller_identity"] = stats["by_action"].get("sts:GetCallerIdentity", 0)
                 answer["calls"] = stats["calls"]
                 found.append(answer)
@@ -285,7 +286,7 @@ def measure_session_lock(emu: Emulator, accounts: list[str], repeats: int) -> di
     os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(connection)
     os.environ["AWS_ENDPOINT_URL"] = emu.url
     variants = {"own_lock": hooks.CrossAccountHook, "functools": StdlibCachedSession}
-    region = emulator.HOME_REGION
+    region = HOME_REGION
     logging.getLogger("airflow.task.hooks").setLevel(logging.WARNING)  # a line per AssumeRole otherwise
     walls: dict[str, dict[int, list[float]]] = {v: {len(accounts): [], 1: []} for v in variants}
     try:

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 # Deployment knobs that must be known when the DAG is parsed (environment only, never Variables).
 MAX_ACTIVE_ACCOUNTS = int(os.environ.get("CMDB_EC2_INVENTORY_MAX_ACTIVE_ACCOUNTS", "16"))
-# The Airflow pool of the account scans, which bounds them across runs (create it first: see the README).
+# The Airflow pool of the account scans, which bounds them across runs (create it first: see
+# docs/operations.md, 'What to tune').
 SCAN_POOL = os.environ.get("CMDB_EC2_INVENTORY_POOL", "default_pool")
 RETRY_DELAY = timedelta(seconds=int(os.environ.get("CMDB_EC2_INVENTORY_RETRY_DELAY_SECONDS", "120")))
 # Alert the topic when a run has not succeeded this long after its logical date (the nightly run: 02:00);

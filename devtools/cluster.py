@@ -50,7 +50,7 @@ from devtools import emulator, sandbox
 from devtools.gateway import AwsGateway
 from devtools.sandbox import free_port
 from devtools.servers import ClusterError, Managed, Postgres, Redis, spawn, tail, wait_for
-from devtools.world import PAYER, Server, World
+from devtools.world import BUCKET, PAYER, Server, World, session_in
 
 log = logging.getLogger(__name__)
 
@@ -594,7 +594,7 @@ class Org:
     def client(self, service: str) -> Any:
         """A client acting in the payer account, on the raw moto server."""
         if service not in self._clients:
-            session = emulator.session_in(self.moto_url, PAYER)
+            session = session_in(self.moto_url, PAYER)
             self._clients[service] = session.client(service, endpoint_url=self.moto_url)
         return self._clients[service]
 
@@ -611,7 +611,7 @@ class Org:
     @property
     def bucket(self) -> str:
         """The output bucket."""
-        return emulator.BUCKET
+        return BUCKET
 
     def expected(self, *, without: frozenset[tuple[str, str]] = frozenset()) -> set[tuple[str, str, str]]:
         """(Account, Region, InstanceId) of every listed instance, except in (account, region) ``without``."""

@@ -19,10 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from devtools import emulator, sandbox
+from devtools.world import PAYER, session_in
 
 
 def _client(service: str, endpoint_url: str) -> object:
-    session = emulator.session_in(endpoint_url, emulator.PAYER)
+    session = session_in(endpoint_url, PAYER)
     return session.client(service, endpoint_url=endpoint_url)
 
 

@@ -15,42 +15,16 @@ from typing import Any
 
 from devtools.world import (
     BUCKET,
-    DISCOVERY_ROLE,
     HOME_REGION,
     HUB_ROLE,
-    LOOPBACK_HOSTS,
     PAYER,
-    QUEUE,
     TOPIC,
     Server,
     World,
     build,
-    check_loopback,
-    seed_organization,
-    session_in,
 )
 
-# The world's names, importable from here too by the modules that seed through this one.
-__all__ = [
-    "BUCKET",
-    "DISCOVERY_ROLE",
-    "HOME_REGION",
-    "HUB_ROLE",
-    "LOOPBACK_HOSTS",
-    "PAYER",
-    "QUEUE",
-    "TOPIC",
-    "Server",
-    "World",
-    "blog_world",
-    "check_loopback",
-    "demo_connection",
-    "demo_variable",
-    "main",
-    "seed",
-    "seed_organization",
-    "session_in",
-]
+__all__ = ["blog_world", "demo_connection", "demo_variable", "main", "seed"]
 
 
 def blog_world() -> World:

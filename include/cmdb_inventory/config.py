@@ -405,7 +405,7 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         raise ConfigError("(root)", f"must be a JSON object, got {_short(raw)}")
     unknown = sorted(k for k in raw if k not in _KNOWN_KEYS)
     if unknown:
-        raise ConfigError(str(unknown[0]), "unknown key (check the spelling; see the README)")
+        raise ConfigError(str(unknown[0]), "unknown key (check the spelling; see docs/configuration.md)")
     params = params or {}
 
     # The expected accounts come from the Variable (and/or Organizations) only: the accounts Param picks a

@@ -87,7 +87,7 @@ def check_mappable(count: int) -> None:
         raise AirflowFailException(
             f"{count} accounts to scan, but Airflow maps one task into at most {limit} instances "
             f"([core] max_map_length): set AIRFLOW__CORE__MAX_MAP_LENGTH to at least {count} for the "
-            "scheduler, the API server and the workers (see the README, 'How the cost grows')"
+            "scheduler, the API server and the workers (see docs/operations.md, 'What to tune')"
         )
 
 

@@ -1,4 +1,4 @@
-"""The README's downstream example (docs/examples, not deployed): parses, scheduled on the snapshot."""
+"""The downstream example of docs/output-contract.md (not deployed): parses, scheduled on the snapshot."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import pytest
 
 from devtools import emulator, sandbox
 from devtools.gateway import AwsGateway
+from devtools.world import PAYER, Server, World, session_in
 from include.cmdb_inventory.text import (
     MAX_MESSAGE_BYTES,
     MAX_VALUE_CHARS,
@@ -69,7 +70,7 @@ def test_day_two_reports_the_stop_the_addition_and_never_removes_a_broken_accoun
     assert seeded["connection"]["extra"]["endpoint_url"] == gateway.url
     assert seeded["connection"]["extra"]["service_config"]["sts"]["endpoint_url"] == gateway.url
 
-    payer = emulator.session_in(gateway.url, emulator.PAYER)
+    payer = session_in(gateway.url, PAYER)
     s3, sqs = payer.client("s3", endpoint_url=gateway.url), payer.client("sqs", endpoint_url=gateway.url)
     bucket, prefix = variable["bucket"], "cmdb/ec2-inventory"
 
@@ -83,11 +84,11 @@ def test_day_two_reports_the_stop_the_addition_and_never_removes_a_broken_accoun
     # Overnight: one instance stopped, one added, and the broken account's role can no longer be assumed.
     dev = seeded["instances"]["222222222222"]
     stopped = next(i for i in dev if i["name"] == "dev-web-1")
-    dev_ec2 = emulator.session_in(gateway.url, "222222222222").client(
+    dev_ec2 = session_in(gateway.url, "222222222222").client(
         "ec2", endpoint_url=gateway.url, region_name=stopped["region"]
     )
     dev_ec2.stop_instances(InstanceIds=[stopped["id"]])
-    prod_ec2 = emulator.session_in(gateway.url, "444444444444").client(
+    prod_ec2 = session_in(gateway.url, "444444444444").client(
         "ec2", endpoint_url=gateway.url, region_name="eu-west-1"
     )
     added = prod_ec2.run_instances(
@@ -165,12 +166,12 @@ def test_fifty_maximum_size_tags_on_twenty_changed_instances_still_reach_the_cmd
     every value whole. Before the fix, day 2's Publish was 2.4 to 3.0 MB (which instances sort first
     varies), refused on each of its 3 tries; the merge's XCom was 3.0 MB.
     """
-    account, region = emulator.PAYER, "us-east-1"
-    world = emulator.World(
+    account, region = PAYER, "us-east-1"
+    world = World(
         accounts={account: "Payer"},
         servers={
             account: [
-                emulator.Server(
+                Server(
                     region,
                     (tags := max_size_tags(script_of(n), n, 0))["Name"],
                     tags=tuple((k, v) for k, v in tags.items() if k != "Name"),
@@ -191,7 +192,7 @@ def test_fifty_maximum_size_tags_on_twenty_changed_instances_still_reach_the_cmd
     seeded = emulator.seed(gateway.url, world)
     variable = {**seeded["variable"], "regions": [region]}
     env = sandbox.airflow_env(airflow_home, seeded["connection"], variable)
-    payer = emulator.session_in(gateway.url, account)
+    payer = session_in(gateway.url, account)
     s3, sqs = payer.client("s3", endpoint_url=gateway.url), payer.client("sqs", endpoint_url=gateway.url)
     ec2 = payer.client("ec2", endpoint_url=gateway.url, region_name=region)
     bucket, prefix = variable["bucket"], "cmdb/ec2-inventory"

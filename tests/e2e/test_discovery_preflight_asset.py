@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from devtools import emulator, sandbox
-from devtools.emulator import PAYER, Server, World
 from devtools.gateway import AwsGateway
+from devtools.world import PAYER, Server, World, seed_organization, session_in
 from include.cmdb_inventory.assets import ASSET_NAME, ASSET_URI, EXTRA_KEYS
 
 pytestmark = pytest.mark.e2e
@@ -61,7 +61,7 @@ def _objects(s3: Any, bucket: str) -> list[str]:
 def test_organisation_defined_accounts_and_the_snapshot_asset_event(
     airflow_home: Path, fresh_moto: str
 ) -> None:
-    org = emulator.seed_organization(
+    org = seed_organization(
         fresh_moto,
         _org_world(),
         ous={
@@ -89,7 +89,7 @@ def test_organisation_defined_accounts_and_the_snapshot_asset_event(
     result = sandbox.dags_test(env, DS)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
 
-    s3 = emulator.session_in(fresh_moto, PAYER).client("s3", endpoint_url=fresh_moto)
+    s3 = session_in(fresh_moto, PAYER).client("s3", endpoint_url=fresh_moto)
     bucket = variable["bucket"]
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{PREFIX}/ds={DS}/manifest.json")["Body"].read())
     body = s3.get_object(Bucket=bucket, Key=f"{PREFIX}/ds={DS}/ec2_inventory.csv")["Body"].read().decode()
@@ -141,7 +141,8 @@ def test_organisation_defined_accounts_and_the_snapshot_asset_event(
     assert extra["complete"] is True
     assert extra["row_count"] == 4
 
-    # The README's downstream example reads exactly that extra from its triggering events.
+    # The downstream example (docs/output-contract.md, docs/examples/) reads exactly that extra from its
+    # triggering events.
     from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
     from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
 
@@ -189,7 +190,7 @@ def test_preflight_names_the_broken_account_and_writes_no_snapshot(airflow_home:
         assert len(probes) == 2 * len(REGIONS), [(c.account, c.region) for c in probes]
         assert {c.account for c in probes} == {PAYER, "222222222222"}
 
-        s3 = emulator.session_in(gw.moto_url, PAYER).client("s3", endpoint_url=gw.moto_url)
+        s3 = session_in(gw.moto_url, PAYER).client("s3", endpoint_url=gw.moto_url)
         bucket = variable["bucket"]
         keys = _objects(s3, bucket)
         assert not [k for k in keys if not k.startswith(f"{PREFIX}/_staging/")], keys
@@ -207,7 +208,7 @@ def test_preflight_names_the_broken_account_and_writes_no_snapshot(airflow_home:
         assert ready["222222222222"]["regions_allowed"] == REGIONS
 
         # The notification names the broken account and the report.
-        sqs = emulator.session_in(gw.moto_url, PAYER).client("sqs", endpoint_url=gw.moto_url)
+        sqs = session_in(gw.moto_url, PAYER).client("sqs", endpoint_url=gw.moto_url)
         messages = sqs.receive_message(
             QueueUrl=seeded["queue_url"], MaxNumberOfMessages=10, WaitTimeSeconds=2
         )

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devtools import emulator, sandbox
-from devtools.emulator import Server, World
+from devtools.world import PAYER, Server, World, session_in
 from include.cmdb_inventory.contract import COLUMNS
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +60,7 @@ def test_full_run_lists_exactly_the_seeded_instances(airflow_home: Path, fresh_m
     result = sandbox.dags_test(env, DS)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
 
-    payer = emulator.session_in(fresh_moto, emulator.PAYER)
+    payer = session_in(fresh_moto, PAYER)
     s3 = payer.client("s3", endpoint_url=fresh_moto)
     bucket = variable["bucket"]
     manifest = _s3_json(s3, bucket, f"cmdb/ec2-inventory/ds={DS}/manifest.json")
@@ -124,5 +124,5 @@ def test_invalid_configuration_fails_resolve_and_writes_nothing(airflow_home: Pa
     assert result.returncode != 0
     assert "accounts[1]" in result.stdout + result.stderr
     assert "22222222222x" in result.stdout + result.stderr
-    s3 = emulator.session_in(fresh_moto, emulator.PAYER).client("s3", endpoint_url=fresh_moto)
+    s3 = session_in(fresh_moto, PAYER).client("s3", endpoint_url=fresh_moto)
     assert s3.list_objects_v2(Bucket=variable["bucket"]).get("KeyCount", 0) == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from devtools import emulator, sandbox
+from devtools.world import PAYER, check_loopback, session_in
 
 
 @pytest.mark.parametrize(
@@ -27,16 +28,16 @@ from devtools import emulator, sandbox
 )
 def test_the_seeder_refuses_anything_but_loopback(url: str) -> None:
     with pytest.raises(ValueError, match="only a loopback emulator may be seeded"):
-        emulator.check_loopback(url)
+        check_loopback(url)
     with pytest.raises(ValueError, match="loopback"):
-        emulator.session_in(url, emulator.PAYER)
+        session_in(url, PAYER)
     with pytest.raises(ValueError, match="loopback"):
         emulator.seed(url)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:5000", "http://localhost:5000", "http://127.0.0.2:1"])
 def test_the_seeder_accepts_loopback(url: str) -> None:
-    emulator.check_loopback(url)
+    check_loopback(url)
 
 
 def test_sandbox_runs_see_no_host_credentials_and_only_the_emulator(

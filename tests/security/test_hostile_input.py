@@ -3,9 +3,10 @@ Hostile tags and names (issue point 4). Tag authors in any account control insta
 edits the configuration controls account names; whoever triggers a run may choose its run id. None of it
 may break the CSV, smuggle a formula into a spreadsheet, or shape an S3 key.
 
-The documented neutralisation (README, "Formula neutralisation"): NUL characters are removed; a cell that
-then starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``; nothing else is
-altered. S3 keys are built only from the prefix, 12-digit account ids, the date and ``safe_segment(run_id)``.
+The documented neutralisation (docs/output-contract.md, "Formula neutralisation"): NUL characters are
+removed; a cell that then starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading
+``'``; nothing else is altered. S3 keys are built only from the prefix, 12-digit account ids, the date and
+``safe_segment(run_id)``.
 
 Property tests run in-process (records, the CSV writer, parts and the streaming merge on moto's in-process
 S3); the seeded DAG run carries the same kind of values through EC2's API, Airflow and S3.
@@ -88,7 +89,7 @@ def instances(max_size: int = 4) -> st.SearchStrategy[list[dict[str, Any]]]:
 
 
 def documented(value: str) -> str:
-    """The README's neutralisation, written out independently of records.neutralise."""
+    """docs/output-contract.md's neutralisation, written out independently of records.neutralise."""
     value = value.replace("\x00", "")
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 

@@ -189,8 +189,8 @@ DURATION_REFUSED = "The requested DurationSeconds exceeds the MaxSessionDuration
 @pytest.fixture(scope="module")
 def sts_gateway(moto_url: str) -> Any:
     """The gateway in front of the session's moto, with one account's instances in every scanned region."""
-    from devtools.emulator import session_in
     from devtools.gateway import AwsGateway
+    from devtools.world import session_in
 
     seeder = session_in(moto_url, LONG_SCAN_ACCOUNT)
     for region in LONG_SCAN_REGIONS:

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from devtools import emulator, sandbox
-from devtools.emulator import Server, World
 from devtools.gateway import AwsGateway
+from devtools.world import DISCOVERY_ROLE, Server, World
 from tests.ui.chromium import Chromium, chromium_binary
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.xdist_group("ui-browser")]
@@ -109,7 +109,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         try:
             gw.reset_moto()  # moto's state is per process: start from an empty world, whatever ran before
             emulator.seed(gw.moto_url, world())
-            gw.deny_assume_role(f"arn:aws:iam::{BROKEN}:role/{emulator.DISCOVERY_ROLE}")
+            gw.deny_assume_role(f"arn:aws:iam::{BROKEN}:role/{DISCOVERY_ROLE}")
             assert migrate.wait(timeout=300) == 0
         finally:
             if migrate.poll() is None:

@@ -1,16 +1,22 @@
-"""Unit-test fixtures shared by the modules that talk to moto's in-process AWS."""
+"""Unit-test fixtures shared by the modules that talk to moto's in-process AWS, and what a scan stages."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
+from include.cmdb_inventory import contract
 from include.cmdb_inventory.storage import SnapshotStore
+
+if TYPE_CHECKING:
+    from include.cmdb_inventory.config import Account
+    from include.cmdb_inventory.records import Record
+    from include.cmdb_inventory.run import RunInfo
 
 REGION = "us-east-1"
 BUCKET = "cmdb-inventory-bucket"
@@ -81,3 +87,40 @@ def s3(mocked_aws: None, s3_bucket: str) -> Any:
 def store(s3: Any, s3_bucket: str) -> SnapshotStore:
     """The snapshot store on ``s3``: ``s3_bucket`` under ``PREFIX``, no KMS key, no expected owner."""
     return SnapshotStore(s3, s3_bucket, PREFIX)
+
+
+# --- what scan_account leaves in staging, for the merge to read ---------------------------------------------
+
+
+def stage_scanned(
+    store: SnapshotStore,
+    run: RunInfo,
+    account: Account,
+    records: list[Record],
+    regions: list[dict[str, Any]],
+    **status: Any,
+) -> int:
+    """
+    What scan_account leaves in staging for an account whose role was assumed: ``records`` (sorted) as its
+    part, and an OK status with ``regions`` (then ``status``'s fields). Returns the part's row count.
+    """
+    from include.cmdb_inventory import inventory  # imports Airflow: only the modules that merge pay for it
+
+    staging = store.layout.staging(run.ds, run.run_id)
+    part_key = store.layout.part(staging, account.id)
+    count = store.write_part(part_key, records)
+    doc = inventory._status_doc(
+        run, account, status=contract.OK, regions=regions, instances=count, part_key=part_key, **status
+    )
+    store.put_json(store.layout.status(staging, account.id), doc)
+    return count
+
+
+def stage_failed(
+    store: SnapshotStore, run: RunInfo, account: Account, status: str, error: dict[str, str]
+) -> None:
+    """What scan_account leaves in staging for an account that failed before its regions were known."""
+    from include.cmdb_inventory import inventory
+
+    doc = inventory._status_doc(run, account, status=status, error=error)
+    store.put_json(store.layout.status(store.layout.staging(run.ds, run.run_id), account.id), doc)

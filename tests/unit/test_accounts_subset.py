@@ -11,7 +11,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import pytest
 
 from include.cmdb_inventory import contract, notify
@@ -20,12 +19,11 @@ from include.cmdb_inventory.contract import CSV_NAME, MANIFEST_NAME
 from include.cmdb_inventory.inventory import merge_inventory, resolve_accounts
 from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore, decide_write, is_complete, is_subset, snapshot_rank
+from tests.unit.conftest import PREFIX
 from tests.unit.test_merge import report_failed, report_ok
 from tests.unit.test_organizations import Org
 
-REGION = "us-east-1"
 BUCKET = "cmdb-subset-tests"
-PREFIX = "cmdb/ec2-inventory"
 A = Account("111111111111", "Payer")
 B = Account("222222222222", "Development")
 C = Account("333333333333", "Production")
@@ -34,17 +32,9 @@ DS = "2026-11-20"
 
 
 @pytest.fixture
-def store(mocked_aws: None) -> SnapshotStore:
-    """An empty bucket on a fresh client."""
-    s3 = boto3.client("s3", region_name=REGION)
-    if BUCKET in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                s3.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
-    else:
-        s3.create_bucket(Bucket=BUCKET)
-    return SnapshotStore(s3, BUCKET, PREFIX)
+def s3_bucket() -> str:
+    """The conftest's ``store`` on this module's bucket."""
+    return BUCKET
 
 
 def objects(store: SnapshotStore) -> dict[str, bytes]:

@@ -4,7 +4,7 @@ The shipped bucket template (``include/iam/cmdb-bucket.yaml``) cleans up what th
 prefix the code writes (``contract.Layout``) expires after ``StagingRetentionDays``; the snapshots never
 do. The documented JSON for an existing bucket says the same and S3 (moto) accepts it; moto's
 CloudFormation deploys the template (it does not apply ``LifecycleConfiguration``, so the rules themselves
-are read from the template with the project's evaluator).
+are read from the template as moto's CloudFormation parser evaluates them: ``render_properties``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from include.cmdb_inventory import contract, formats, inventory, storage
+from include.cmdb_inventory import contract, formats, storage
 from include.cmdb_inventory.config import Account, parse_settings
 from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, PARQUET_NAME
 from include.cmdb_inventory.formats import csv_to_parquet, parquet_metadata
@@ -24,6 +24,7 @@ from include.cmdb_inventory.inventory import merge_inventory
 from include.cmdb_inventory.records import Record, instance_record, sort_key
 from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore, rows_to_csv, spool
+from tests.unit.conftest import stage_scanned
 
 REGION = "us-east-1"
 BUCKET = "cmdb-formats-bucket"
@@ -259,13 +260,8 @@ def s3_bucket() -> str:
 
 def merge(store: SnapshotStore, records: list[Record], run_id: str, **config: Any) -> dict[str, Any]:
     run = RunInfo("cmdb_ec2_inventory", run_id, DS, f"{DS}T02:00:00+00:00")
-    staging = store.layout.staging(DS, run_id)
-    part = store.layout.part(staging, A.id)
-    count = store.write_part(part, records)
-    regions = [{"region": REGION, "status": contract.OK, "instances": count}]
-    store.put_json(
-        store.layout.status(staging, A.id),
-        inventory._status_doc(run, A, status=contract.OK, regions=regions, instances=count, part_key=part),
+    stage_scanned(
+        store, run, A, records, [{"region": REGION, "status": contract.OK, "instances": len(records)}]
     )
     settings = parse_settings({"accounts": [A.id], "bucket": BUCKET, "prefix": PREFIX, **config})
     return merge_inventory(settings, run, store, [A.to_dict()], overwrite=True)

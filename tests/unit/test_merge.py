@@ -1,4 +1,4 @@
-"""merge_inventory and check_coverage against a real SnapshotStore on moto's in-process S3."""
+"""merge_inventory and check_coverage against a real SnapshotStore (the conftest's) on in-process moto."""
 
 from __future__ import annotations
 
@@ -9,20 +9,22 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import boto3
 import pytest
 
-from include.cmdb_inventory import contract, inventory
+from include.cmdb_inventory import contract
 from include.cmdb_inventory.config import Account, Settings, parse_settings
 from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, MANIFEST_NAME, SCHEMA_VERSION
 from include.cmdb_inventory.inventory import CoverageError, check_coverage, merge_inventory
 from include.cmdb_inventory.records import Record, csv_row, instance_record, sort_key
 from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore
+from tests.unit.conftest import (  # of the conftest's ``s3`` and ``store`` fixtures
+    BUCKET,
+    PREFIX,
+    stage_failed,
+    stage_scanned,
+)
 
-REGION = "us-east-1"
-BUCKET = "cmdb-inventory-bucket"
-PREFIX = "cmdb/ec2-inventory"
 A = Account("111111111111", "payments-prod")
 B = Account("222222222222", "")
 C = Account("333333333333", "data-lake")
@@ -30,27 +32,6 @@ DS = "2024-03-01"
 ISO_UTC_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 RegionPlan = Mapping[str, int | tuple[str, str]]  # region -> instance count, or (status, error code)
-
-
-@pytest.fixture
-def s3(mocked_aws: None) -> Any:
-    """A fresh client (so event hooks never leak between tests) and an empty bucket."""
-    client = boto3.client("s3", region_name=REGION)
-    if BUCKET in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        for upload in client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
-            client.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
-    else:
-        client.create_bucket(Bucket=BUCKET)
-    return client
-
-
-@pytest.fixture
-def store(s3: Any) -> SnapshotStore:
-    return SnapshotStore(s3, BUCKET, PREFIX)
 
 
 def make_settings(accounts: Sequence[Account] = (C, A, B), **extra: Any) -> Settings:
@@ -90,7 +71,6 @@ def report_ok(
     store: SnapshotStore, run: RunInfo, account: Account, plan: RegionPlan, tag: str = ""
 ) -> list[Record]:
     """What scan_account leaves in staging for an account whose role was assumed: a part and a status."""
-    staging = store.layout.staging(run.ds, run.run_id)
     records: list[Record] = []
     regions: list[dict[str, Any]] = []
     for region, outcome in sorted(plan.items()):
@@ -102,29 +82,28 @@ def report_ok(
             error = {"code": code, "message": f"{code} in {region}"}
             regions.append({"region": region, "status": status, "instances": 0, "error": error})
     records.sort(key=sort_key)
-    part_key = store.layout.part(staging, account.id)
-    count = store.write_part(part_key, records)
-    doc = inventory._status_doc(
+    stage_scanned(
+        store,
         run,
         account,
-        status=contract.OK,
+        records,
+        regions,
         role_arn=f"arn:aws:iam::{account.id}:role/CMDBDiscovery",
-        regions=regions,
         regions_source="describe_regions",
         note="",
-        instances=count,
-        part_key=part_key,
     )
-    store.put_json(store.layout.status(staging, account.id), doc)
     return records
 
 
 def report_failed(store: SnapshotStore, run: RunInfo, account: Account, status: str, code: str) -> None:
     """What scan_account leaves in staging for an account that failed before its regions were known."""
-    staging = store.layout.staging(run.ds, run.run_id)
-    error = {"code": code, "message": f"{code}: not authorized to perform sts:AssumeRole"}
-    doc = inventory._status_doc(run, account, status=status, error=error)
-    store.put_json(store.layout.status(staging, account.id), doc)
+    stage_failed(
+        store,
+        run,
+        account,
+        status,
+        {"code": code, "message": f"{code}: not authorized to perform sts:AssumeRole"},
+    )
 
 
 def report_all_ok(store: SnapshotStore, run: RunInfo, tag: str = "") -> dict[str, list[Record]]:

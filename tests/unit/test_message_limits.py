@@ -13,14 +13,11 @@ import io
 import json
 import re
 import string
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
 from include.cmdb_inventory import changes, contract, inventory
 from include.cmdb_inventory.config import Account, parse_settings
@@ -39,6 +36,7 @@ from include.cmdb_inventory.text import (
     published_size,
     utf8_size,
 )
+from tests.unit.conftest import PREFIX, stage_scanned
 
 # --------------------------------------------------------------------------- maximum-size tags
 
@@ -94,30 +92,15 @@ def assert_safe_line(line: str) -> None:
 
 REGION = "us-east-1"
 BUCKET = "cmdb-message-limits"
-PREFIX = "cmdb/ec2-inventory"
 ACCOUNT = Account("111111111111", "payments")
 INSTANCES = 20
 DAY1, DAY2 = "2026-11-19", "2026-11-20"
 
 
 @pytest.fixture
-def store() -> Iterator[SnapshotStore]:
-    """moto's in-process S3 with one empty bucket."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-        }.items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-            patch.delenv(name, raising=False)
-        with mock_aws():
-            client = boto3.client("s3", region_name=REGION)
-            client.create_bucket(Bucket=BUCKET)
-            yield SnapshotStore(client, BUCKET, PREFIX)
+def s3_bucket() -> str:
+    """The conftest's ``store`` (moto's in-process S3) on this module's bucket, empty."""
+    return BUCKET
 
 
 def night(store: SnapshotStore, ds: str, version: int) -> dict[str, Any]:
@@ -143,19 +126,8 @@ def night(store: SnapshotStore, ds: str, version: int) -> dict[str, Any]:
         ),
         key=sort_key,
     )
-    staging = store.layout.staging(run.ds, run.run_id)
-    part = store.layout.part(staging, ACCOUNT.id)
-    count = store.write_part(part, records)
-    status = inventory._status_doc(
-        run,
-        ACCOUNT,
-        status=contract.OK,
-        regions=[{"region": REGION, "status": contract.OK, "instances": count}],
-        instances=count,
-        part_key=part,
-        note="",
-    )
-    store.put_json(store.layout.status(staging, ACCOUNT.id), status)
+    regions = [{"region": REGION, "status": contract.OK, "instances": len(records)}]
+    stage_scanned(store, run, ACCOUNT, records, regions, note="")
     config = {"accounts": [{"id": ACCOUNT.id, "name": ACCOUNT.name}], "bucket": BUCKET, "prefix": PREFIX}
     return inventory.merge_inventory(parse_settings(config), run, store, [ACCOUNT.to_dict()])
 

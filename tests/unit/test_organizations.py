@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 import pytest
 
+from devtools.world import session_in
 from include.cmdb_inventory import organizations
 from include.cmdb_inventory.config import Account, ConfigError, OrganizationsSettings, parse_settings
 from include.cmdb_inventory.inventory import merge_inventory, resolve_accounts
@@ -212,11 +213,9 @@ def test_params_accounts_override_discovery(org: Org) -> None:
 
 
 @pytest.fixture
-def store(mocked_aws: None) -> SnapshotStore:
-    s3 = boto3.client("s3", region_name=REGION)
-    if BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-        s3.create_bucket(Bucket=BUCKET)
-    return SnapshotStore(s3, BUCKET, "cmdb/ec2-inventory")
+def s3_bucket() -> str:
+    """The conftest's ``store`` on this module's bucket."""
+    return BUCKET
 
 
 def test_the_expected_list_is_resolved_at_run_time_and_saved_in_the_manifest(
@@ -286,22 +285,9 @@ def test_a_static_only_manifest_lists_its_expected_accounts(store: SnapshotStore
 def test_role_arn_is_assumed_before_listing(moto_url: str, set_hub_connection: Any) -> None:
     """Through the hub connection on moto's server: the hub account has no organisation, the role's has."""
     set_hub_connection()
+    # An organisation of its own (not seed_organization's, whose payer other modules' worlds share).
     management = str(next(_MANAGEMENT_IDS))
-    creds = boto3.client(
-        "sts",
-        endpoint_url=moto_url,
-        region_name=REGION,
-        aws_access_key_id="seed",
-        aws_secret_access_key="seed",
-    ).assume_role(RoleArn=f"arn:aws:iam::{management}:role/Seeder", RoleSessionName="seed")["Credentials"]
-    client = boto3.client(
-        "organizations",
-        endpoint_url=moto_url,
-        region_name=REGION,
-        aws_access_key_id=creds["AccessKeyId"],
-        aws_secret_access_key=creds["SecretAccessKey"],
-        aws_session_token=creds["SessionToken"],
-    )
+    client = session_in(moto_url, management).client("organizations", endpoint_url=moto_url)
     client.create_organization(FeatureSet="ALL")
 
     hub_only = parse_settings({"bucket": BUCKET, "organizations": {}})

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from devtools.emulator import session_in
+from devtools.world import Server, World, build, session_in
 from include.cmdb_inventory.aws.hooks import CrossAccountHook
 from include.cmdb_inventory.config import DEFAULT_INSTANCE_STATES, INSTANCE_STATES, Account
 from include.cmdb_inventory.contract import OK, REGION_DENIED, REGION_DISABLED, ROLE_NOT_ASSUMABLE, THROTTLED
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("hub_connection")
 
 
 @dataclass
-class World:
+class Seeded:
     """What was seeded: instance ids by account, region and state."""
 
     ids: dict[str, dict[str, dict[str, list[str]]]] = field(default_factory=dict)
@@ -49,23 +49,6 @@ class World:
             if state in states
             for instance_id in ids
         )
-
-
-def launch(ec2: Any, name: str, state: str = "running", count: int = 1) -> list[str]:
-    """One reservation of ``count`` instances, moved to ``state`` (moto moves states at once)."""
-    response = ec2.run_instances(
-        ImageId=AMI,
-        MinCount=count,
-        MaxCount=count,
-        InstanceType="t3.micro",
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}],
-    )
-    ids = [i["InstanceId"] for i in response["Instances"]]
-    if state == "stopped":
-        ec2.stop_instances(InstanceIds=ids)
-    elif state == "terminated":
-        ec2.terminate_instances(InstanceIds=ids)
-    return ids
 
 
 class _NoNetwork:
@@ -156,35 +139,40 @@ def _lean_moto_backends() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def world(moto_url: str) -> World:
-    """The accounts of this module, seeded once on the session's moto server."""
-    world = World()
-
-    big = session_in(moto_url, BIG).client("ec2", endpoint_url=moto_url, region_name="us-east-1")
-    world.add(BIG, "us-east-1", "running", launch(big, "big-east"))
-    world.add(BIG, BIG_REGION, "running", seed_many_reservations(moto_url, BIG, BIG_REGION, BIG_RESERVATIONS))
-
-    mixed = session_in(moto_url, MIXED)
-    plan: dict[str, list[tuple[str, str, int]]] = {
-        "us-east-1": [
-            ("web-b", "running", 1),
-            ("web-a", "running", 1),
-            ("old", "stopped", 1),
-            ("gone", "terminated", 1),
+# Built by the world builder in an organisation of this module's own (the session's moto server is shared):
+# its hub account and bucket, no topic.
+HUB = "510000000000"
+WORLD = World(
+    accounts={BIG: NAMES[BIG], MIXED: NAMES[MIXED], FAULTY: NAMES[FAULTY]},
+    servers={
+        BIG: [Server("us-east-1", "big-east")],
+        MIXED: [
+            Server("us-east-1", "web-b"),
+            Server("us-east-1", "web-a"),
+            Server("us-east-1", "old", state="stopped"),
+            Server("us-east-1", "gone", state="terminated"),
+            Server("eu-west-1", "eu-db", count=2),
+            Server("eu-west-1", "eu-gone", state="terminated"),
+            Server("ap-southeast-2", "syd", state="stopped"),
         ],
-        "eu-west-1": [("eu-db", "running", 2), ("eu-gone", "terminated", 1)],
-        "ap-southeast-2": [("syd", "stopped", 1)],
-    }
-    for region, servers in plan.items():
-        ec2 = mixed.client("ec2", endpoint_url=moto_url, region_name=region)
-        for name, state, count in servers:
-            world.add(MIXED, region, state, launch(ec2, name, state, count))
+        FAULTY: [
+            Server(region, f"faulty-{region}")
+            for region in ("us-east-1", "eu-west-1", "eu-central-1", "us-west-2")
+        ],
+    },
+)
 
-    faulty = session_in(moto_url, FAULTY)
-    for region in ("us-east-1", "eu-west-1", "eu-central-1", "us-west-2"):
-        ec2 = faulty.client("ec2", endpoint_url=moto_url, region_name=region)
-        world.add(FAULTY, region, "running", launch(ec2, f"faulty-{region}"))
+
+@pytest.fixture(scope="module")
+def world(moto_url: str) -> Seeded:
+    """The accounts of this module, seeded once on the session's moto server."""
+    built = build(moto_url, WORLD, bucket="cmdb-scan-tests", topic=None, hub_account=HUB)
+    world = Seeded()
+    for account, instances in built.instances.items():
+        for instance in instances:
+            world.add(account, instance["region"], instance["state"], [instance["id"]])
+    # More than a page of reservations: one reservation each, which the builder's servers are not.
+    world.add(BIG, BIG_REGION, "running", seed_many_reservations(moto_url, BIG, BIG_REGION, BIG_RESERVATIONS))
     return world
 
 
@@ -224,7 +212,7 @@ class Calls:
         self.params.append(dict(params))
 
 
-def test_more_than_1000_reservations_are_paginated(world: World) -> None:
+def test_more_than_1000_reservations_are_paginated(world: Seeded) -> None:
     target = hook(BIG)
     calls = Calls(target.client("ec2", BIG_REGION))
 
@@ -249,7 +237,7 @@ def test_more_than_1000_reservations_are_paginated(world: World) -> None:
     ]
 
 
-def test_several_regions_every_state_but_terminated_by_default(world: World) -> None:
+def test_several_regions_every_state_but_terminated_by_default(world: Seeded) -> None:
     regions = ("us-east-1", "eu-west-1", "ap-southeast-2", "us-west-2")
     result = scan(hook(MIXED), MIXED, regions=regions)
 
@@ -277,14 +265,14 @@ def test_several_regions_every_state_but_terminated_by_default(world: World) -> 
     assert all(r["CollectedAt"] == COLLECTED_AT for r in result.records)
 
 
-def test_records_are_sorted_by_region_then_instance_id(world: World) -> None:
+def test_records_are_sorted_by_region_then_instance_id(world: Seeded) -> None:
     result = scan(hook(MIXED), MIXED, regions=("us-east-1", "eu-west-1", "ap-southeast-2"), threads=3)
     keys = listed(result)
     assert keys == sorted(keys)
     assert [k[0] for k in keys] == sorted(k[0] for k in keys)
 
 
-def test_terminated_instances_are_listed_when_asked(world: World) -> None:
+def test_terminated_instances_are_listed_when_asked(world: Seeded) -> None:
     regions = ("us-east-1", "eu-west-1")
     result = scan(hook(MIXED), MIXED, states=INSTANCE_STATES, regions=regions)
     assert listed(result) == world.expected(MIXED, INSTANCE_STATES, regions)
@@ -293,14 +281,14 @@ def test_terminated_instances_are_listed_when_asked(world: World) -> None:
     assert {r["InstanceId"]: r["State"] for r in result.records}[gone] == "terminated"
 
 
-def test_only_the_requested_states_are_listed(world: World) -> None:
+def test_only_the_requested_states_are_listed(world: Seeded) -> None:
     regions = ("us-east-1", "ap-southeast-2")
     result = scan(hook(MIXED), MIXED, states=("stopped",), regions=regions)
     assert listed(result) == world.expected(MIXED, ("stopped",), regions)
     assert {r["State"] for r in result.records} == {"stopped"}
 
 
-def test_an_account_without_instances(world: World) -> None:
+def test_an_account_without_instances(world: Seeded) -> None:
     result = scan(hook(EMPTY), EMPTY, threads=8)
 
     assert result.status == OK
@@ -326,7 +314,7 @@ def test_an_account_without_instances(world: World) -> None:
 
 
 def test_region_failures_are_classified_per_region(
-    world: World, aws_error: Callable[..., Any], no_retry_delay: list[float]
+    world: Seeded, aws_error: Callable[..., Any], no_retry_delay: list[float]
 ) -> None:
     target = hook(FAULTY, max_attempts=3)
     faults = {
@@ -370,7 +358,7 @@ def test_region_failures_are_classified_per_region(
 
 
 def test_a_role_that_cannot_be_assumed(
-    world: World, aws_error: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    world: Seeded, aws_error: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = hook(LOCKED)
     message = (

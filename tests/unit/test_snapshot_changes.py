@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from include.cmdb_inventory import contract, inventory
+from include.cmdb_inventory import contract
 from include.cmdb_inventory.changes import CHANGE_COLUMNS, find_previous, snapshot_dates
 from include.cmdb_inventory.config import Account, parse_settings
 from include.cmdb_inventory.contract import CHANGES_NAME, MANIFEST_NAME
@@ -18,6 +18,7 @@ from include.cmdb_inventory.notify import message
 from include.cmdb_inventory.records import Record, instance_record, sort_key
 from include.cmdb_inventory.run import RunInfo
 from include.cmdb_inventory.storage import SnapshotStore
+from tests.unit.conftest import stage_failed, stage_scanned
 
 REGION = "us-east-1"
 BUCKET = "cmdb-changes-bucket"
@@ -66,22 +67,15 @@ def records(account: Account, region: str, servers: Sequence[tuple[str, str, str
 
 def report(store: SnapshotStore, run: RunInfo, account: Account, servers: Servers | str) -> None:
     """What scan_account leaves in staging: a part and an OK status, or (a status string) a failed account."""
-    staging = store.layout.staging(run.ds, run.run_id)
     if isinstance(servers, str):
         error = {"code": "AccessDenied", "message": "not authorized to perform sts:AssumeRole"}
-        doc = inventory._status_doc(run, account, status=servers, error=error)
-        store.put_json(store.layout.status(staging, account.id), doc)
+        stage_failed(store, run, account, servers, error)
         return
     rows = sorted(
         (r for region, s in servers.items() for r in records(account, region, s, run.ds)), key=sort_key
     )
-    part = store.layout.part(staging, account.id)
-    count = store.write_part(part, rows)
     regions = [{"region": r, "status": contract.OK, "instances": len(s)} for r, s in sorted(servers.items())]
-    doc = inventory._status_doc(
-        run, account, status=contract.OK, regions=regions, instances=count, part_key=part, note=""
-    )
-    store.put_json(store.layout.status(staging, account.id), doc)
+    stage_scanned(store, run, account, rows, regions, note="")
 
 
 def snapshot(

@@ -17,6 +17,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from devtools.world import session_in
 from include.cmdb_inventory.contract import (
     COLUMNS,
     CSV_NAME,
@@ -35,10 +36,8 @@ from include.cmdb_inventory.storage import (
     snapshot_rank,
     spool,
 )
+from tests.unit.conftest import BUCKET, PREFIX, REGION  # the conftest's ``s3`` fixture: its bucket, empty
 
-REGION = "us-east-1"
-BUCKET = "cmdb-inventory-bucket"
-PREFIX = "cmdb/ec2-inventory"
 OWNER = "123456789012"  # moto's default account, which owns the bucket
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
 DS = "2024-03-01"
@@ -47,12 +46,6 @@ RUN_MANUAL = "manual__2024-03-01T06:12:33.123456+00:00"
 MIB = 1024 * 1024
 
 WRITE_OPS = {"PutObject", "CopyObject", "CreateMultipartUpload"}
-
-
-@pytest.fixture
-def s3_bucket() -> str:
-    """The conftest's ``s3`` fixture: a fresh client and this module's bucket, empty."""
-    return BUCKET
 
 
 @dataclass
@@ -456,12 +449,9 @@ def test_the_stores_s3_client_retries_through_a_slowdown_storm_on_a_multipart_up
         assert gateway.count(action="UploadPart", status=200) == 2  # two 16 MiB parts, each once
         assert gateway.count(service="s3", fault="SlowDown", status=503) == 14
         assert len(no_retry_delay) == 14  # one retry per SlowDown, each after botocore's backoff
-        raw = boto3.client(
+        raw = session_in(moto_url, OWNER).client(
             "s3",
             endpoint_url=moto_url,
-            region_name=REGION,
-            aws_access_key_id="a",
-            aws_secret_access_key="b",
             # moto's checksum of a multipart object is not the one botocore computes over the whole body
             config=Config(response_checksum_validation="when_required"),
         )
