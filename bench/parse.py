@@ -30,7 +30,7 @@ FORBIDDEN = (
     "pandas",
     "pyarrow",
     "airflow.providers.amazon.aws.hooks",
-    "cmdb_inventory_aws",
+    "include.cmdb_inventory.aws",
 )
 
 

@@ -1,6 +1,6 @@
 """
 The botocore tuning that measurably pays, each piece with its number from ``python -m bench.tuning``
-(BENCHMARKS.md). Without it the inventory gives the same answers, at a higher cost. Measured and dropped:
+(the table in docs/operations.md). Without it the inventory gives the same answers, at a higher cost. Measured and dropped:
 a timestamp parser in C swapped into botocore's, and a ``cached_property`` re-implementation.
 """
 
