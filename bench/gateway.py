@@ -5,7 +5,8 @@ plus a small control endpoint (on its own port) to set the added latency and rea
     python -m bench.gateway --upstream http://127.0.0.1:PORT --port-file gw.json
 
 ``gw.json`` gets ``{"url", "control_url", "pid"}``. Control: ``GET /stats`` (calls by service and action,
-AssumeRole calls by role), ``POST /latency?ms=N``, ``POST /reset`` (forget the call log).
+AssumeRole calls by role), ``POST /latency?ms=N``, ``POST /limit?n=N`` (at most N calls at moto at once;
+0: any number), ``POST /reset`` (forget the call log).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def stats(gateway: AwsGateway) -> dict[str, Any]:
         "assume_role_by_role": dict(sorted(roles.items())),
         "errors": sum(1 for c in calls if c.status >= 400 or c.status == 0),
         "latency_ms": gateway.latency * 1000.0,
+        "upstream_limit": gateway.upstream_limit,
+        "upstream_peak": gateway.upstream_peak,
     }
 
 
@@ -69,6 +72,10 @@ def control_server(gateway: AwsGateway) -> ThreadingHTTPServer:
             if parts.path == "/latency":
                 gateway.latency = float(parse_qs(parts.query).get("ms", ["0"])[0]) / 1000.0
                 self._answer({"latency_ms": gateway.latency * 1000.0})
+            elif parts.path == "/limit":
+                n = int(parse_qs(parts.query).get("n", ["0"])[0])
+                gateway.upstream_limit = n if n > 0 else None
+                self._answer({"upstream_limit": gateway.upstream_limit})
             elif parts.path == "/reset":
                 gateway.reset_calls()
                 self._answer({"reset": True})

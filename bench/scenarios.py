@@ -1,15 +1,23 @@
 """
-The measured runs on one seeded world: the engine and the baseline (each in a process of its own,
-through the latency gateway), the floor, and the check of every CSV against the world.
+The measured runs on one seeded world: the engine, the baseline and ``airflow dags test`` (each in a
+process of its own, through the latency gateway), the floor, and the check of every CSV against the world.
+Cloud Custodian's c7n-org, the peer from another venv, is in :mod:`bench.c7n`.
+
+Each run is timed twice: ``wall``/``cpu`` as the tool itself counts them (after its imports, where it
+can say), and ``process_wall``/``process_cpu`` from outside, spawn to exit, every process it started
+included, as a user timing the command sees it: the peers are compared on the latter.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +31,13 @@ from devtools.world import DISCOVERY_ROLE, PAYER, session_in
 
 DS = "2026-11-26"
 RUN_TIMEOUT = 1800
+CSV_KEY = f"cmdb/ec2-inventory/ds={DS}/ec2_inventory.csv"  # the contract's key of the benchmark date's CSV
+# What a fresh process needs before the engine's first AWS call: Python and the Amazon provider's hook.
+IMPORT_FLOOR_CODE = "from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook"
+
+
+class Skipped(Exception):
+    """A tool that cannot run here (e.g. its venv is absent in the smoke profile): the report says why."""
 
 
 @dataclass
@@ -58,10 +73,11 @@ class Measured:
 
 
 def _python(module: str, params: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """Run ``python -m module PARAMS RESULT`` and return RESULT."""
+    """Run ``python -m module PARAMS RESULT`` and return RESULT, with its process's wall and CPU."""
     with tempfile.TemporaryDirectory(prefix="cmdb-bench-run-") as tmp:
         params_path, result_path = Path(tmp) / "params.json", Path(tmp) / "result.json"
         params_path.write_text(json.dumps(params))
+        cpu0, t0 = children_cpu(), time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", module, str(params_path), str(result_path)],
             env=env,
@@ -71,9 +87,11 @@ def _python(module: str, params: dict[str, Any], env: dict[str, str]) -> dict[st
             timeout=RUN_TIMEOUT,
             check=False,
         )
+        process_wall, process_cpu = time.perf_counter() - t0, children_cpu() - cpu0
         if done.returncode != 0 or not result_path.exists():
             raise RuntimeError(f"{module} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-        return dict(json.loads(result_path.read_text()))
+        result = dict(json.loads(result_path.read_text()))
+        return {**result, "process_wall": process_wall, "process_cpu": process_cpu}
 
 
 def others(before: dict[str, float], after: dict[str, float], ours: float) -> dict[str, float]:
@@ -117,7 +135,13 @@ def _measured(
         moto_cpu=after["moto"] - before["moto"],
         gateway_cpu=after["gateway"] - before["gateway"],
         calls=stats["calls"],
-        details={**result, **details, "by_action": stats["by_action"], **others(before, after, ours)},
+        details={
+            **result,
+            **details,
+            "by_action": stats["by_action"],
+            "upstream_peak": stats.get("upstream_peak"),  # the most calls at moto at once
+            **others(before, after, ours),
+        },
     )
 
 
@@ -138,13 +162,13 @@ def run_engine(
         env = sandbox.airflow_env(Path(home), emulator.demo_connection(emu.url), variable)
         env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        before, child0 = emu.cpu(), children_cpu()
+        before = emu.cpu()
         result = _python(
             "bench.engine",
             {"variable": variable, "concurrency": concurrency, "run_id": run_id, "ds": DS},
             env,
         )
-        after, child1 = emu.cpu(), children_cpu()
+        after = emu.cpu()
     stats = emu.stats()
     emu.set_latency(0)
     body = s3_client(emu.moto_url).get_object(Bucket=seeded.bucket, Key=result["csv_key"])["Body"].read()
@@ -157,7 +181,7 @@ def run_engine(
         latency_ms,
         result,
         verdict,
-        (before, after, child1 - child0),
+        (before, after, result["process_cpu"]),
         stats,
         concurrency=concurrency,
         region_threads=variable.get("region_threads", 17),
@@ -177,11 +201,30 @@ def run_engine_repeated(
         (run_engine(emu, seeded, latency_ms, concurrency) for _ in range(max(1, repeats))),
         key=lambda m: m.wall,
     )
-    median = runs[len(runs) // 2]
-    wrong = [m.verdict for m in runs if not m.verdict.ok]
+    return median_of(runs)
+
+
+def median_of(runs: list[Measured], key: str = "wall") -> Measured:
+    """
+    The run with the median ``key`` (``wall``, or ``process_wall`` of the details) counts: every run's
+    walls and CPU are kept in its details, and it is right only if every run was.
+    """
+    if not runs:
+        raise ValueError("no runs")
+
+    def value(m: Measured) -> float:
+        return float(m.wall if key == "wall" else m.details[key])
+
+    ordered = sorted(runs, key=value)
+    median = ordered[len(ordered) // 2]
+    wrong = [m.verdict for m in ordered if not m.verdict.ok]
     if wrong:
         median.verdict = wrong[0]
-    median.details["walls"] = [m.wall for m in runs]
+    median.details["walls"] = [m.wall for m in ordered]
+    median.details["repeats"] = len(ordered)
+    if key != "wall":
+        median.details[f"{key}s"] = [value(m) for m in ordered]
+        median.details["process_cpus"] = [float(m.details.get("process_cpu", 0.0)) for m in ordered]
     return median
 
 
@@ -204,13 +247,15 @@ def run_baseline(emu: Emulator, seeded: Seeded, latency_ms: float) -> Measured:
         }
         from bench.servers import bench_env
 
-        before, child0 = emu.cpu(), children_cpu()
+        before = emu.cpu()
         result = _python("bench.baseline", params, bench_env(AWS_ENDPOINT_URL=emu.url))
-        after, child1 = emu.cpu(), children_cpu()
+        after = emu.cpu()
         verdict = verify_csv(csv_path.read_bytes(), seeded, columns=LEGACY_COLUMNS, product=False)
     stats = emu.stats()
     emu.set_latency(0)
-    return _measured("baseline", seeded, latency_ms, result, verdict, (before, after, child1 - child0), stats)
+    return _measured(
+        "baseline", seeded, latency_ms, result, verdict, (before, after, result["process_cpu"]), stats
+    )
 
 
 def capacity(emu: Emulator, seeded: Seeded, threads: int) -> Capacity:
@@ -320,3 +365,120 @@ def run_mapping(accounts: int) -> dict[str, Any]:
             result["clear_refusal"] = "AIRFLOW__CORE__MAX_MAP_LENGTH" in done.stdout + done.stderr
             results[label] = result
     return results
+
+
+def set_upstream_limit(emu: Emulator, limit: int | None) -> None:
+    """How many calls the gateway lets reach moto at once from now on (``None``: any number)."""
+    request = urllib.request.Request(f"{emu.control_url}/limit?n={limit or 0}", method="POST", data=b"")  # noqa: S310
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our loopback gateway
+        answer = json.loads(response.read())
+    if answer.get("upstream_limit") != limit:
+        raise RuntimeError(f"the gateway did not take the limit {limit}: {answer}")
+
+
+def run_import_floor(repeats: int) -> dict[str, Any]:
+    """
+    A fresh process importing the Amazon provider's ``AwsBaseHook`` and nothing else (spawn to exit,
+    median of ``repeats``): the least any Airflow-based scan pays before its first AWS call.
+    """
+    from bench.servers import bench_env
+
+    walls, cpus = [], []
+    for _ in range(max(1, repeats)):
+        cpu0, t0 = children_cpu(), time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", IMPORT_FLOOR_CODE],
+            env=bench_env(),
+            cwd=sandbox.ROOT,
+            capture_output=True,
+            timeout=RUN_TIMEOUT,
+            check=True,
+        )
+        walls.append(time.perf_counter() - t0)
+        cpus.append(children_cpu() - cpu0)
+    return {
+        "code": IMPORT_FLOOR_CODE,
+        "wall": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "walls": sorted(walls),
+    }
+
+
+class DagsTestHomes:
+    """
+    Fresh Airflow homes for ``airflow dags test``, each with its own copy of one migrated SQLite database
+    (migrating once: the migration is set-up, not the run a user times).
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="cmdb-bench-dagstest-"))
+        self._template: Path | None = None
+        self.migrate_seconds = 0.0
+        self._count = 0
+
+    def new(self, connection: dict[str, Any], variable: dict[str, Any]) -> tuple[Path, dict[str, str]]:
+        """A home with a migrated database, and the environment of a run in it (the shipped defaults)."""
+        if self._template is None:
+            template = self.root / "template"
+            template.mkdir()
+            started = time.perf_counter()
+            sandbox.migrate(_dags_test_env(template, connection, variable))
+            self.migrate_seconds = time.perf_counter() - started
+            self._template = template
+        self._count += 1
+        home = self.root / f"run-{self._count}"
+        home.mkdir()
+        shutil.copy2(self._template / "airflow.db", home / "airflow.db")
+        return home, _dags_test_env(home, connection, variable)
+
+    def close(self) -> None:
+        """Remove every home."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _dags_test_env(home: Path, connection: dict[str, Any], variable: dict[str, Any]) -> dict[str, str]:
+    env = sandbox.airflow_env(home, connection, variable)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure warm processes, as a deployed image has bytecode
+    return env
+
+
+def run_dags_test(emu: Emulator, seeded: Seeded, latency_ms: float, homes: DagsTestHomes) -> Measured:
+    """
+    ``airflow dags test cmdb_ec2_inventory DS`` end to end (a fresh home, the shipped defaults, the run's
+    ``overwrite`` so that the date's earlier snapshots do not stop it), through the gateway at
+    ``latency_ms``; the CSV read back from S3 (deleted first, so an old one cannot pass) and checked.
+    """
+    connection = emulator.demo_connection(emu.url)
+    home, env = homes.new(connection, seeded.variable())
+    s3 = s3_client(emu.moto_url)
+    s3.delete_object(Bucket=seeded.bucket, Key=CSV_KEY)
+    emu.set_latency(latency_ms)
+    emu.reset_calls()
+    before, cpu0, t0 = emu.cpu(), children_cpu(), time.perf_counter()
+    done = sandbox.dags_test(env, DS, conf={"overwrite": True})
+    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
+    after = emu.cpu()
+    stats = emu.stats()
+    emu.set_latency(0)
+    (home / "dags_test.log").write_text(done.stdout + done.stderr)
+    try:
+        body = s3.get_object(Bucket=seeded.bucket, Key=CSV_KEY)["Body"].read()
+    except Exception as err:  # a missing CSV is a wrong run, reported as such
+        verdict = Verdict(False, 0, [f"no CSV at {CSV_KEY}: {type(err).__name__}"])
+    else:
+        verdict = verify_csv(body, seeded)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr)[-300:].replace("\n", " ")
+        verdict = Verdict(False, verdict.rows, [f"exit {done.returncode}: {tail}", *verdict.problems])
+    result = {"wall": wall, "cpu": cpu, "process_wall": wall, "process_cpu": cpu, "exit": done.returncode}
+    return _measured(
+        "dags_test",
+        seeded,
+        latency_ms,
+        result,
+        verdict,
+        (before, after, cpu),
+        stats,
+        migrate_seconds=homes.migrate_seconds,
+        log=str(home / "dags_test.log"),
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,11 +40,17 @@ LEGACY_COLUMNS: tuple[str, ...] = ("Account", "Region", "InstanceId", "Name")
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """How big the organisation is: accounts, regions (names), instances per account and region."""
+    """
+    How big the organisation is: accounts, regions (names), instances per account and region. By default
+    each account and region's instances are one reservation (one ``RunInstances`` of K) sharing a Name;
+    ``one_per_instance`` launches them one at a time, each its own reservation with its own Name, as a
+    console user or a script launching servers one by one does (moto pages and answers per reservation).
+    """
 
     accounts: int
     regions: tuple[str, ...]
     instances: int
+    one_per_instance: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.accounts <= 99_999 or self.instances < 0 or not self.regions:
@@ -74,6 +80,18 @@ class WorldSpec:
         """The Name tag of the instances of one account and region (a formula trigger on purpose)."""
         return f"=srv-{account}-{region}"
 
+    def servers(self, account: str) -> list[world.Server]:
+        """What :func:`devtools.world.build` launches in one account: per region one or K reservations."""
+        if not self.instances:
+            return []
+        if not self.one_per_instance:
+            return [world.Server(r, self.server_name(account, r), count=self.instances) for r in self.regions]
+        return [
+            world.Server(r, f"{self.server_name(account, r)}-{n:03d}")
+            for r in self.regions
+            for n in range(self.instances)
+        ]
+
 
 @dataclass
 class Seeded:
@@ -84,6 +102,8 @@ class Seeded:
     instances: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     bucket: str = world.BUCKET
     seconds: float = 0.0
+    instance_names: dict[str, str] = field(default_factory=dict)
+    """instance id -> Name tag, where it is not the account and region's ``server_name``."""
 
     def variable(self, **extra: Any) -> dict[str, Any]:
         """The ``cmdb_ec2_inventory`` Variable for this world (its 17 regions, no SNS topic)."""
@@ -99,42 +119,54 @@ class Seeded:
         """The first ``accounts`` accounts of this world, as a world of their own (same moto)."""
         if not 1 <= accounts <= self.spec.accounts:
             raise ValueError(f"the world has {self.spec.accounts} accounts, not {accounts}")
-        keep = list(self.names)[:accounts]
+        keep = set(list(self.names)[:accounts])
+        instances = {k: v for k, v in self.instances.items() if k[0] in keep}
+        ids = {iid for v in instances.values() for iid in v}
         return Seeded(
-            spec=WorldSpec(accounts, self.spec.regions, self.spec.instances),
-            names={a: self.names[a] for a in keep},
-            instances={k: v for k, v in self.instances.items() if k[0] in set(keep)},
+            spec=WorldSpec(accounts, self.spec.regions, self.spec.instances, self.spec.one_per_instance),
+            names={a: n for a, n in self.names.items() if a in keep},
+            instances=instances,
             bucket=self.bucket,
             seconds=self.seconds,
+            instance_names={i: n for i, n in self.instance_names.items() if i in ids},
         )
 
     def expected(self) -> dict[str, tuple[str, str, str]]:
         """instance id -> (account, region, Name)."""
         return {
-            iid: (account, region, self.spec.server_name(account, region))
+            iid: (account, region, self.instance_names.get(iid) or self.spec.server_name(account, region))
             for (account, region), ids in self.instances.items()
             for iid in ids
         }
+
+    def regions_of(self) -> dict[str, list[str]]:
+        """account id -> the regions to scan (every account: the world's regions)."""
+        return {account: list(self.spec.regions) for account in self.names}
 
 
 def seed(moto_url: str, spec: WorldSpec) -> Seeded:
     """
     Seed ``spec`` on a fresh moto server (directly, not through the latency gateway) with
     :func:`devtools.world.build`: the hub (bucket, topic, ``CMDBApplication``), every account's
-    ``CMDBDiscovery`` from the shipped templates, and one ``RunInstances`` of K per account and region.
+    ``CMDBDiscovery`` from the shipped templates, and per account and region one ``RunInstances`` of K
+    (or K of one, ``spec.one_per_instance``).
     """
     ids = spec.account_ids()
     names = {a: spec.account_name(i) for i, a in enumerate(ids)}
-    servers = {
-        a: [world.Server(r, spec.server_name(a, r), count=spec.instances) for r in spec.regions] for a in ids
-    }
+    servers = {a: spec.servers(a) for a in ids}
     built = world.build(moto_url, world.World(names, servers if spec.instances else {}))
     seeded = Seeded(spec=spec, names=names, seconds=built.seconds)
     for account in ids:
         launched = built.instances.get(account, [])
         for region in spec.regions:
             seeded.instances[(account, region)] = [i["id"] for i in launched if i["region"] == region]
+        if spec.one_per_instance:
+            seeded.instance_names.update({i["id"]: i["name"] for i in launched})
     return seeded
+
+
+def _as_is(name: str) -> str:
+    return name
 
 
 @dataclass
@@ -158,13 +190,17 @@ def verify_csv(
     *,
     columns: tuple[str, ...] = COLUMNS,
     product: bool = True,
+    name_rule: Callable[[str], str] | None = None,
 ) -> Verdict:
     """
     Check an inventory CSV against the seeded world: the header, every seeded instance exactly once and
     nothing else, each row's account, region and Name. For the product (``product=True``) also the
     contract's extras: rows sorted by Account, Region, InstanceId, the account's name, the state, and
-    formula neutralisation of the Name (the world's names start with ``=``).
+    formula neutralisation of the Name (the world's names start with ``=``). ``name_rule`` is what the
+    tool writes for a seeded Name (default: the product's neutralisation, or the Name as it is).
     """
+    if name_rule is None:
+        name_rule = neutralise if product else _as_is
     text = io.StringIO(body.decode("utf-8"), newline="") if isinstance(body, bytes) else body
     reader = csv.reader(text)
     problems: list[str] = []
@@ -189,7 +225,7 @@ def verify_csv(
         if want is None:
             problems.append(f"row {rows}: {iid} was not seeded")
             continue
-        want_name = neutralise(want[2]) if product else want[2]
+        want_name = name_rule(want[2])
         if (account, region, name) != (want[0], want[1], want_name):
             problems.append(
                 f"row {rows}: {iid} is {(account, region, name)}, expected {(want[0], want[1], want_name)}"

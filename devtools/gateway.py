@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -662,6 +662,50 @@ class _UpstreamPool:
             conn.close()
 
 
+class _Limiter:
+    """At most ``limit`` holders of a slot at once (``None``: any number); the limit may change in use."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._cond = threading.Condition()
+        self._limit = _check_limit(limit)
+        self._held = 0
+        self.peak = 0
+
+    @property
+    def limit(self) -> int | None:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int | None) -> None:
+        with self._cond:
+            self._limit = _check_limit(value)
+            self._cond.notify_all()
+
+    def reset_peak(self) -> None:
+        with self._cond:
+            self.peak = self._held
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._cond:
+            while self._limit is not None and self._held >= self._limit:
+                self._cond.wait()
+            self._held += 1
+            self.peak = max(self.peak, self._held)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= 1
+                self._cond.notify()
+
+
+def _check_limit(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"upstream_limit must be a positive integer or None, not {limit!r}")
+    return limit
+
+
 class _ProxyServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -759,6 +803,8 @@ class AwsGateway:
     ``url`` is the proxy endpoint for clients; ``moto_url`` the raw moto server (unlogged, no faults).
     Pass ``upstream="http://127.0.0.1:PORT"`` to front an already running moto server instead.
     ``latency`` (seconds) is added to every proxied call; change it any time via ``gw.latency``.
+    ``upstream_limit`` lets at most that many calls at a time reach moto (the others wait their turn after
+    their latency, as behind a server with that many workers); ``None``, the default, lets all through.
     """
 
     def __init__(
@@ -771,6 +817,7 @@ class AwsGateway:
         seed: int | None = 0,
         max_calls: int | None = None,
         quiet: bool = True,
+        upstream_limit: int | None = None,
     ) -> None:
         self.host = _loopback_host(host)
         self._port = port
@@ -787,6 +834,7 @@ class AwsGateway:
         self._lock = threading.Lock()
         self._rules: tuple[Rule, ...] = ()
         self._calls: deque[Call] = deque(maxlen=max_calls)
+        self._limiter = _Limiter(upstream_limit)
         self._seq = 0
         self._key_accounts: dict[str, str] = {}
         self._conns: set[socket.socket] = set()
@@ -968,6 +1016,20 @@ class AwsGateway:
         """Sleep ``seconds`` before forwarding matching calls."""
         return self.add_rule(None, latency=seconds, **options)
 
+    @property
+    def upstream_limit(self) -> int | None:
+        """How many calls may be at moto at once (``None``: no limit); settable any time."""
+        return self._limiter.limit
+
+    @upstream_limit.setter
+    def upstream_limit(self, value: int | None) -> None:
+        self._limiter.limit = value
+
+    @property
+    def upstream_peak(self) -> int:
+        """The most calls that were at moto at once since the last ``reset_calls``."""
+        return self._limiter.peak
+
     # ---------------------------------------------------------------- call log and accounts
 
     def calls(self, **filters: Unpack[CallFilters]) -> list[Call]:
@@ -995,9 +1057,10 @@ class AwsGateway:
         return len(self.calls(**filters))
 
     def reset_calls(self) -> None:
-        """Forget the call log."""
+        """Forget the call log (and the peak of calls at moto at once)."""
         with self._lock:
             self._calls.clear()
+        self._limiter.reset_peak()
 
     def account_for(self, access_key: str) -> str:
         """The account an access key acts in (learned from AssumeRole answers, else moto's default)."""
@@ -1184,7 +1247,8 @@ class AwsGateway:
             self._apply(h, req, fault)
             return
         try:
-            status, reason, headers, data = self._forward(h, req)
+            with self._limiter.slot():  # after the latency: only the emulator's side is limited
+                status, reason, headers, data = self._forward(h, req)
         except (OSError, http.client.HTTPException) as exc:
             log.warning("AwsGateway: upstream failure for %s %s: %r", req.method, req.path, exc)
             fault = Fault.error(502, "BadGateway", f"moto server unreachable: {exc!r}")
@@ -1247,6 +1311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="proxy port (default: a free one)")
     parser.add_argument("--upstream", default=None, help="front this moto server instead of starting one")
+    parser.add_argument(
+        "--upstream-limit", type=int, default=None, help="at most this many calls at moto at once"
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -1257,7 +1324,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     gateway = AwsGateway(
-        host=args.host, port=args.port, upstream=args.upstream, latency=args.latency_ms / 1000.0
+        host=args.host,
+        port=args.port,
+        upstream=args.upstream,
+        latency=args.latency_ms / 1000.0,
+        upstream_limit=args.upstream_limit,
     )
     with gateway:
         info = {"url": gateway.url, "moto_url": gateway.moto_url, "pid": os.getpid()}

@@ -1,6 +1,7 @@
 """
 Full DAG runs (Airflow's test runner) for issue 6: accounts from AWS Organizations with the snapshot's
-Asset event, and a run of the preflight DAG (shipped defaults) through the fault-injecting gateway.
+Asset event, and through the fault-injecting gateway a run of the preflight DAG and one of the inventory
+DAG with its deprecated Param ``mode=preflight`` (shipped defaults otherwise).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import io
 import json
 import runpy
 import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from devtools import emulator, sandbox
 from devtools.gateway import AwsGateway
 from devtools.world import PAYER, Server, World, seed_organization, session_in
 from include.cmdb_inventory.assets import ASSET_NAME, ASSET_URI, EXTRA_KEYS
+from include.cmdb_inventory.tasks import DEPRECATION
 
 pytestmark = pytest.mark.e2e
 
@@ -164,7 +168,18 @@ def test_organisation_defined_accounts_and_the_snapshot_asset_event(
     assert snapshot["row_count"] == 4
 
 
-def test_preflight_names_the_broken_account_and_writes_no_snapshot(airflow_home: Path) -> None:
+@dataclass(frozen=True)
+class BrokenAccountWorld:
+    """Three accounts behind the gateway, the third's CMDBDiscovery refusing AssumeRole."""
+
+    gw: AwsGateway
+    seeded: dict[str, Any]
+    variable: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def broken_account_world() -> Iterator[BrokenAccountWorld]:
+    """Built once for the preflight runs of both DAGs (each test empties the bucket and the queue first)."""
     world = World(
         accounts={PAYER: "Payer", "222222222222": "Ready", "333333333333": "Broken"},
         servers={PAYER: [Server("us-east-1", "billing")], "222222222222": [Server("eu-west-1", "web")]},
@@ -174,50 +189,100 @@ def test_preflight_names_the_broken_account_and_writes_no_snapshot(airflow_home:
         seeded = emulator.seed(gw.url, world)  # through the gateway, so it learns each key's account
         variable = {**seeded["variable"], "regions": REGIONS}
         gw.deny_assume_role("arn:aws:iam::333333333333:role/CMDBDiscovery")
-        gw.reset_calls()
-        env = sandbox.airflow_env(airflow_home, seeded["connection"], variable)
         assert seeded["connection"]["extra"]["endpoint_url"] == gw.url
         assert seeded["connection"]["extra"]["service_config"]["sts"]["endpoint_url"] == gw.url
+        yield BrokenAccountWorld(gw, seeded, variable)
 
-        result = sandbox.dags_test(env, DS, dag_id="cmdb_ec2_inventory_preflight")
-        output = result.stdout + result.stderr
 
-        assert result.returncode != 0, output[-5000:]  # check_ready fails: an account is not ready
-        assert "333333333333" in output
-        assert "NOT READY 333333333333 (Broken): ROLE_NOT_ASSUMABLE" in output
-        # Each ready account: one cheap DescribeInstances per allowed region, nothing paginated.
-        probes = gw.calls(action="DescribeInstances")
-        assert len(probes) == 2 * len(REGIONS), [(c.account, c.region) for c in probes]
-        assert {c.account for c in probes} == {PAYER, "222222222222"}
+def _receive(sqs: Any, queue_url: str, wait: int) -> list[str]:
+    """Every message waiting in the queue (waiting up to ``wait`` seconds for the first), deleted."""
+    texts: list[str] = []
+    while messages := sqs.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0 if texts else wait
+    ).get("Messages", []):
+        for message in messages:
+            texts.append(message["Body"])
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return texts
 
-        s3 = session_in(gw.moto_url, PAYER).client("s3", endpoint_url=gw.moto_url)
-        bucket = variable["bucket"]
-        keys = _objects(s3, bucket)
-        assert not [k for k in keys if not k.startswith(f"{PREFIX}/_staging/")], keys
-        assert not [k for k in keys if k.endswith((".csv", ".csv.gz", "manifest.json"))], keys
-        [report_key] = [k for k in keys if k.endswith("/preflight.json")]
-        report = json.loads(s3.get_object(Bucket=bucket, Key=report_key)["Body"].read())
-        assert report["mode"] == "preflight"
-        assert report["ready"] is False
-        assert [(n["account"], n["status"]) for n in report["not_ready"]] == [
-            ("333333333333", "ROLE_NOT_ASSUMABLE")
-        ]
-        assert "AccessDenied" in report["not_ready"][0]["reasons"][0]
-        ready = {a["account"]: a for a in report["accounts"] if a["ready"]}
-        assert set(ready) == {PAYER, "222222222222"}
-        assert ready["222222222222"]["regions_allowed"] == REGIONS
 
-        # The notification names the broken account and the report.
-        sqs = session_in(gw.moto_url, PAYER).client("sqs", endpoint_url=gw.moto_url)
-        messages = sqs.receive_message(
-            QueueUrl=seeded["queue_url"], MaxNumberOfMessages=10, WaitTimeSeconds=2
-        )
-        texts = [m["Body"] for m in messages.get("Messages", [])]
-        preflight_texts = [t for t in texts if "PREFLIGHT" in t]
-        assert len(preflight_texts) == 1, texts
-        assert "333333333333 (Broken): ROLE_NOT_ASSUMABLE" in preflight_texts[0]
-        assert f"s3://{bucket}/{report_key}" in preflight_texts[0]
+def _preflight_run(
+    where: BrokenAccountWorld, airflow_home: Path, conf: dict[str, Any] | None, dag_id: str
+) -> tuple[str, list[str]]:
+    """
+    One run (shipped defaults, ``conf`` as its Params) on an empty bucket and queue, and what every
+    preflight must show: the run fails naming the broken account, each ready account is probed once per
+    region, only staging objects and the report are written, and the one notification names the broken
+    account and the report. Returns the run's output and the notification's text.
+    """
+    gw, seeded, variable = where.gw, where.seeded, where.variable
+    s3 = session_in(gw.moto_url, PAYER).client("s3", endpoint_url=gw.moto_url)
+    sqs = session_in(gw.moto_url, PAYER).client("sqs", endpoint_url=gw.moto_url)
+    bucket = variable["bucket"]
+    for key in _objects(s3, bucket):  # the other DAG's run of this date writes the same keys
+        s3.delete_object(Bucket=bucket, Key=key)
+    _receive(sqs, seeded["queue_url"], wait=0)  # the other run's messages: received ones are deleted too
+    gw.reset_calls()
+    env = sandbox.airflow_env(airflow_home, seeded["connection"], variable)
+
+    result = sandbox.dags_test(env, DS, conf, dag_id=dag_id)
+    output = result.stdout + result.stderr
+
+    assert result.returncode != 0, output[-5000:]  # the last check fails: an account is not ready
+    assert "333333333333" in output
+    assert "NOT READY 333333333333 (Broken): ROLE_NOT_ASSUMABLE" in output
+    # Each ready account: one cheap DescribeInstances per allowed region, nothing paginated.
+    probes = gw.calls(action="DescribeInstances")
+    assert len(probes) == 2 * len(REGIONS), [(c.account, c.region) for c in probes]
+    assert {c.account for c in probes} == {PAYER, "222222222222"}
+
+    keys = _objects(s3, bucket)
+    assert not [k for k in keys if not k.startswith(f"{PREFIX}/_staging/")], keys
+    assert not [k for k in keys if k.endswith((".csv", ".csv.gz", "manifest.json"))], keys
+    [report_key] = [k for k in keys if k.endswith("/preflight.json")]
+    report = json.loads(s3.get_object(Bucket=bucket, Key=report_key)["Body"].read())
+    assert report["mode"] == "preflight"
+    assert report["ready"] is False
+    assert [(n["account"], n["status"]) for n in report["not_ready"]] == [
+        ("333333333333", "ROLE_NOT_ASSUMABLE")
+    ]
+    assert "AccessDenied" in report["not_ready"][0]["reasons"][0]
+    ready = {a["account"]: a for a in report["accounts"] if a["ready"]}
+    assert set(ready) == {PAYER, "222222222222"}
+    assert ready["222222222222"]["regions_allowed"] == REGIONS
+
+    # The notification names the broken account and the report.
+    texts = _receive(sqs, seeded["queue_url"], wait=2)
+    preflight_texts = [t for t in texts if "PREFLIGHT" in t]
+    assert len(preflight_texts) == 1, texts
+    assert "333333333333 (Broken): ROLE_NOT_ASSUMABLE" in preflight_texts[0]
+    assert f"s3://{bucket}/{report_key}" in preflight_texts[0]
 
     # No snapshot, so no Asset event.
     with sqlite3.connect(airflow_home / "airflow.db") as db:
         assert db.execute("SELECT count(*) FROM asset_event").fetchone()[0] == 0
+    return output, preflight_texts[0]
+
+
+@pytest.mark.xdist_group("preflight-gateway")
+def test_preflight_names_the_broken_account_and_writes_no_snapshot(
+    broken_account_world: BrokenAccountWorld, airflow_home: Path
+) -> None:
+    output, notification = _preflight_run(
+        broken_account_world, airflow_home, None, dag_id="cmdb_ec2_inventory_preflight"
+    )
+    assert "DEPRECATED" not in output
+    assert "DEPRECATED" not in notification
+
+
+@pytest.mark.xdist_group("preflight-gateway")
+def test_deprecated_mode_preflight_still_runs_the_preflight_and_says_so(
+    broken_account_world: BrokenAccountWorld, airflow_home: Path
+) -> None:
+    """The inventory DAG with the Param ``mode=preflight``: the same preflight, flagged as deprecated."""
+    output, notification = _preflight_run(
+        broken_account_world, airflow_home, {"mode": "preflight"}, sandbox.DAG_ID
+    )
+    assert f"DEPRECATED: {DEPRECATION}" in output
+    assert f"DEPRECATED: {DEPRECATION}" in notification
+    assert "cmdb_ec2_inventory_preflight" in notification  # what to use instead

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from datetime import UTC, datetime
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -139,7 +142,7 @@ def test_invalid_variable_fails_every_task_for_good_before_anything_could_write(
     from airflow.sdk import Variable
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.cmdb_inventory import alerts, inventory, tasks
+    from include.cmdb_inventory import alerts, run, tasks
 
     current: dict[str, Any] = {}
     touched: list[str] = []
@@ -152,8 +155,24 @@ def test_invalid_variable_fails_every_task_for_good_before_anything_could_write(
         return record
 
     monkeypatch.setattr(Variable, "get", staticmethod(lambda key, default=None: current["raw"]))
-    monkeypatch.setattr(tasks, "store_for", spy("store_for"))
-    monkeypatch.setattr(inventory, "hook_for", spy("hook_for"))
+    # Every module's binding of the run's factories (they are imported by name: patching run.py alone
+    # would not reach inventory's or preflight's copy).
+    factories = {"store_for": run.store_for, "hook_for": run.hook_for}
+    bindings: dict[str, list[str]] = {name: [] for name in factories}
+    for module_name, module in sorted(sys.modules.items()):
+        if module_name.startswith("include.cmdb_inventory"):
+            for name, factory in factories.items():
+                if getattr(module, name, None) is factory:
+                    bindings[name].append(module_name)
+                    monkeypatch.setattr(module, name, spy(f"{module_name.rsplit('.', 1)[-1]}.{name}"))
+    assert bindings == {
+        "store_for": ["include.cmdb_inventory.run", "include.cmdb_inventory.tasks"],
+        "hook_for": [
+            "include.cmdb_inventory.inventory",
+            "include.cmdb_inventory.preflight",
+            "include.cmdb_inventory.run",
+        ],
+    }
     monkeypatch.setattr("airflow.providers.amazon.aws.hooks.s3.S3Hook.get_conn", spy("S3Hook"))
     monkeypatch.setattr("airflow.providers.amazon.aws.hooks.sns.SnsHook.publish_to_target", spy("SnsHook"))
     monkeypatch.setattr(
@@ -174,6 +193,7 @@ def test_invalid_variable_fails_every_task_for_good_before_anything_could_write(
     class DagRun:
         dag_id = "cmdb_ec2_inventory"
         run_id = "manual__fuzz"
+        logical_date = datetime(2026, 11, 20, tzinfo=UTC)
 
     context: dict[str, Any] = {"params": {}, "ti": Ti(), "dag_run": DagRun(), "exception": RuntimeError("x")}
     account = {"id": "111111111111", "name": "", "label": "111111111111"}
@@ -182,11 +202,33 @@ def test_invalid_variable_fails_every_task_for_good_before_anything_could_write(
         "scan": lambda: tasks.scan(context, account),
         "merge": lambda: tasks.merge(context),
         "notify": lambda: tasks.notify(context, {"ds": "2026-11-20"}),
+        # The preflight DAG's steps.
+        "check_account": lambda: tasks.check_account(context, account),
+        "write_report": lambda: tasks.write_report(context),
+        "notify_readiness": lambda: tasks.notify_readiness(context, {"ds": "2026-11-20"}),
     }
+
+    # The spies sit where the steps reach AWS: with a valid Variable (a session above the chained-role
+    # cap, so resolve asks the hub's identity), each hook-building step stops at its module's spy.
+    current["raw"] = json.dumps({**BASE, "session_duration_seconds": 43200})
+    with monkeypatch.context() as valid:
+        valid.setattr(tasks, "store_for", lambda settings: mock.MagicMock(name="store"))
+        reached: dict[str, str] = {}
+        for name in ("resolve", "scan", "check_account"):
+            with pytest.raises(AssertionError, match="was reached"):
+                steps[name]()
+            reached[name] = touched.pop()
+    assert reached == {
+        "resolve": "run.hook_for",  # check_session_duration
+        "scan": "inventory.hook_for",
+        "check_account": "preflight.hook_for",
+    }
+    assert touched == []
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(json_values | overrides.map(lambda changes: {**BASE, **changes}))
     def check(raw: Any) -> None:
+        touched.clear()  # a failing example's spies are its own
         current["raw"] = json.dumps(raw)  # the Variable's text
         result = outcome(current["raw"])
         if not isinstance(result, ConfigError):

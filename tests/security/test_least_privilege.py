@@ -18,6 +18,7 @@ deploys are checked document by document (``tests/unit/test_iam_templates.py``).
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections import Counter
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from devtools.iam_templates import render_role
 from tests.security import world
 from tests.security.conftest import DENIED_DS, SUCCESS_DS
 from tests.security.world import BUCKET, HUB_ROLE_ARN, PAYER, PREFIX, Org, Run
@@ -83,9 +85,23 @@ def task_states(run: Run) -> dict[str, str]:
 
 
 def test_every_role_carries_exactly_the_shipped_policies(org: Org) -> None:
-    """The roles' policies are exactly what CloudFormation deployed from the shipped templates."""
-    hub = org.hub_role
-    text = json.dumps(hub.policies)  # deployed for this world: its bucket prefix, topic and KMS key
+    """
+    The roles in the world's IAM are exactly the shipped templates rendered again, apart from the world
+    (an in-process moto, with the world's parameters): what building the world changed shows here.
+    """
+    hub = render_role(
+        "cmdb-application",
+        {
+            "BucketName": BUCKET,
+            "Prefix": PREFIX,
+            "TopicArn": org.topic_arn,
+            "KmsKeyArn": org.kms_key_arn,
+            "TrustedPrincipalType": "Service",  # the template's default, as the world deploys it
+            "TrustedPrincipal": "ec2.amazonaws.com",
+        },
+        account_id=PAYER,
+    )
+    text = json.dumps(hub.policies)  # rendered for this world: its bucket prefix, topic and KMS key
     assert {f"arn:aws:s3:::{BUCKET}/{PREFIX}/*", org.topic_arn, org.kms_key_arn} <= set(
         re.findall(r'"([^"]+)"', text)
     )
@@ -94,11 +110,18 @@ def test_every_role_carries_exactly_the_shipped_policies(org: Org) -> None:
     assert iam.list_attached_role_policies(RoleName=hub.role_name)["AttachedPolicies"] == []
     for name, document in hub.policies.items():
         assert iam.get_role_policy(RoleName=hub.role_name, PolicyName=name)["PolicyDocument"] == document
+    # The one documented difference (tests/security/world.py): the hub's trust names the worker user.
+    trust = copy.deepcopy(hub.assume_role_policy)
+    for statement in trust["Statement"]:
+        statement["Principal"] = {"AWS": f"arn:aws:iam::{PAYER}:user/{world.WORKER}"}
+    assert iam.get_role(RoleName=hub.role_name)["Role"]["AssumeRolePolicyDocument"] == trust
     for account in org.world.accounts:
-        role = org.discovery_roles[account]
+        role = render_role("cmdb-discovery", {"HubRoleArn": HUB_ROLE_ARN}, account_id=account)
         member_iam = org.admin("iam", account=account)
         assert member_iam.list_role_policies(RoleName=role.role_name)["PolicyNames"] == list(role.policies)
         assert member_iam.list_attached_role_policies(RoleName=role.role_name)["AttachedPolicies"] == []
+        stored_trust = member_iam.get_role(RoleName=role.role_name)["Role"]["AssumeRolePolicyDocument"]
+        assert stored_trust == role.assume_role_policy
         for name, document in role.policies.items():
             stored = member_iam.get_role_policy(RoleName=role.role_name, PolicyName=name)["PolicyDocument"]
             if account in world.CRIPPLED:  # the negative run's accounts: one action removed, nothing added

@@ -1,7 +1,8 @@
 """
 The botocore tuning that measurably pays, each piece with its number from ``python -m bench.tuning``
-(the table in docs/operations.md). Without it the inventory gives the same answers, at a higher cost. Measured and dropped:
-a timestamp parser in C swapped into botocore's, and a ``cached_property`` re-implementation.
+(the table in docs/operations.md). Without it the inventory gives the same answers, at a higher cost.
+Measured and dropped: a timestamp parser in C swapped into botocore's, and a ``cached_property``
+re-implementation.
 """
 
 from __future__ import annotations
