@@ -22,7 +22,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m devtools.demo
 
-## Benchmarks (minutes): engine, 2015 baseline, floor, real scheduler, merge, parse -> BENCHMARKS.md.
+## Benchmarks (an hour or more): the 2015 algorithm, c7n-org, the engine and `airflow dags test` side by side,
+## a real scheduler against its no-op floor, merge, parse, tuning -> BENCHMARKS.md.
 ## BENCH_ARGS='--profile quick' for smaller worlds; '--only merge,parse' for some of it.
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)
@@ -66,4 +67,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) demo-output test-artifacts .pytest_cache .ruff_cache
+	rm -rf $(VENV) .bench-venv-c7n demo-output test-artifacts .pytest_cache .ruff_cache

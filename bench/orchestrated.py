@@ -8,19 +8,22 @@ Airflow's own.
 
 Settings are Airflow's defaults and the DAG's shipped knobs; the cluster harness's fast test loops (idle
 sleep, heartbeats, parse intervals, parallelism) are put back to Airflow's defaults here, as a deployment
-runs them. What stays different is listed in each run's ``settings``.
+runs them. What stays different is listed in each run's ``settings``; the harness's own choices stay (no
+runs from the cron schedule, the simple auth manager with every user an admin: its middleware signs a
+token per request, which measured within the noise of a user with a password, on the floor).
 
 How the CPU of every Airflow process is counted (:class:`ProcessMeter`): each component is started by
-the harness in a session of its own; at the trigger and at the end of the run every process of each
-component's tree is read from ``/proc`` (psutil): its own user + system seconds and those of its children
-it has already waited for (``cutime``/``cstime``). A task process that exits is waited for by its
-LocalExecutor worker (the Task SDK supervisor), and a PostgreSQL backend by the postmaster, so their whole
-CPU is in their parent's counters at the end: the difference of the two readings is exact for everything
-that exited in between. A sampler thread (once a second) also watches for processes whose parent died
-first (they would not be waited for in the tree: counted from their last sample) and reads each process's
-resident memory: its peak (``VmHWM``), and per kind of process the largest sum of their resident sets
-(RSS) and of their proportional sets (PSS, every fifth sample: forked workers share most pages, which RSS
-counts once per process).
+the harness as the leader of a session of its own; its processes are those of its session and their
+descendants (PostgreSQL's backends start sessions of their own), read from ``/proc/PID/stat`` at the
+trigger, at the end of the run and once a second in between: each one's own user + system seconds and
+those of the children it has already waited for (``cutime``/``cstime``). A task process that exits is
+waited for by its LocalExecutor worker (the Task SDK supervisor), a PostgreSQL backend by the
+postmaster: their whole CPU is then in their parent's counters, so the difference of the two readings is
+exact for everything that exited in between, however short-lived. A process whose parent exits first is
+waited for by init, not by us: it is counted from its last reading (``cpu_of_orphans``; none in these
+runs so far). The samples also give each process's peak resident memory (``VmHWM``) and, per kind of
+process, the largest sum of resident sets (RSS) and of proportional sets (PSS, every fifth sample:
+forked workers share most pages, which RSS counts once per process).
 """
 
 from __future__ import annotations
@@ -72,15 +75,15 @@ KINDS = ("scheduler", "executor workers", "task processes", "dag-processor", "ap
 # --------------------------------------------------------------------------------------------------
 
 
-def _kind(component: str, depth: int, cmdline: str) -> str:
-    """The kind of a process from its component and its depth below the component's leader."""
-    if component == "scheduler":
-        if depth == 0:
-            return "scheduler"
-        if depth == 1 and "LocalExecutor" in cmdline:
-            return "executor workers"
-        return "task processes" if depth >= 1 else "scheduler"
-    return component
+def _kind(component: str, depth: int | None, cmdline: str) -> str:
+    """The kind of a process from its component and its depth below the leader (None: re-parented)."""
+    if component != "scheduler":
+        return component
+    if depth == 0:
+        return "scheduler"
+    if depth == 1 and "LocalExecutor" in cmdline:
+        return "executor workers"
+    return "task processes"
 
 
 def _reaped_kind(kind: str) -> str:
@@ -88,45 +91,76 @@ def _reaped_kind(kind: str) -> str:
     return {"scheduler": "executor workers", "executor workers": "task processes"}.get(kind, kind)
 
 
-def _status_kb(pid: int, field_name: str) -> float:
+def _read(path: str) -> str:
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith(field_name):
-                    return float(line.split()[1])
+        with open(path, encoding="ascii", errors="replace") as file:
+            return file.read()
     except OSError:
-        pass
+        return ""
+
+
+def _field_kb(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name):
+            return float(line.split()[1])
     return 0.0
 
 
-def _pss_kb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return 0.0
+@dataclass(frozen=True)
+class _Stat:
+    """The fields of ``/proc/PID/stat`` the meter uses (CPU in seconds, memory in MB)."""
+
+    pid: int
+    ppid: int
+    session: int
+    start: int  # clock ticks after boot: with the pid, the process's identity
+    own: float  # utime + stime
+    reaped: float  # cutime + cstime: the children it has waited for
+    rss_mb: float
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_MB = (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096) / 2**20
+
+
+def _stat(pid: int) -> _Stat | None:
+    text = _read(f"/proc/{pid}/stat")
+    if not text:
+        return None
+    fields = text.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    # fields[0] is the state (field 3 of proc(5)), so field n of proc(5) is fields[n - 3]
+    return _Stat(
+        pid=pid,
+        ppid=int(fields[1]),
+        session=int(fields[3]),
+        start=int(fields[19]),
+        own=(int(fields[11]) + int(fields[12])) / _TICK,
+        reaped=(int(fields[13]) + int(fields[14])) / _TICK,
+        rss_mb=int(fields[21]) * _PAGE_MB,
+    )
 
 
 @dataclass
 class _Seen:
-    """One process as last sampled."""
+    """One process as last read."""
 
     kind: str
     ppid: int
-    create_time: float
-    own: float = 0.0  # user + system seconds
-    reaped: float = 0.0  # of the children it has waited for
-    at_start: tuple[float, float] | None = None  # (own, reaped) at the start, when it was alive then
+    start: int
+    own: float = 0.0
+    reaped: float = 0.0
+    at_start: tuple[float, float] | None = None  # (own, reaped) at the baseline, when it was there
     hwm_mb: float = 0.0
     orphaned: bool = False
 
 
 @dataclass
 class ProcessMeter:
-    """CPU seconds and memory of the process trees of ``components`` (name -> leader pid) during a run."""
+    """
+    CPU seconds and memory of every process of ``components`` (name -> leader pid, each the leader of a
+    session of its own: its processes are those of its session, wherever they were re-parented) between
+    :meth:`start` and :meth:`stop`.
+    """
 
     components: Mapping[str, int]
     interval: float = 1.0
@@ -138,78 +172,76 @@ class ProcessMeter:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _alive: dict[int, int] = field(default_factory=dict)  # pid -> start of the last reading's processes
 
-    def _walk(self) -> list[tuple[Any, str, int]]:
-        """(process, kind, ppid) of every live process of every component, orphans seen before included."""
-        import psutil
-
-        found: list[tuple[Any, str, int]] = []
-        pids: set[int] = set()
-
-        def visit(proc: Any, component: str, depth: int) -> None:
-            try:
-                cmdline = " ".join(proc.cmdline())
-                children = proc.children()
-                ppid = proc.ppid()
-            except psutil.Error:
-                return
-            found.append((proc, _kind(component, depth, cmdline), ppid))
-            pids.add(proc.pid)
-            for child in children:
-                visit(child, component, depth + 1)
-
-        for component, pid in self.components.items():
-            with contextlib.suppress(psutil.Error):
-                visit(psutil.Process(pid), component, 0)
-        for pid, seen in list(self.seen.items()):  # re-parented processes are no longer in any tree
-            if pid in pids or not seen.orphaned:
-                continue
-            try:
-                proc = psutil.Process(pid)
-                if abs(proc.create_time() - seen.create_time) < 0.01:
-                    found.append((proc, seen.kind, proc.ppid()))
-            except psutil.Error:
-                continue
+    def _members(self) -> dict[int, _Stat]:
+        """
+        Every process (zombies too: their counters still count) of the components' sessions, and every
+        descendant of one (PostgreSQL's backends start sessions of their own).
+        """
+        leaders = set(self.components.values())
+        everything: dict[int, _Stat] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                stat = _stat(int(entry))
+                if stat is not None:
+                    everything[stat.pid] = stat
+        children: dict[int, list[int]] = {}
+        for stat in everything.values():
+            children.setdefault(stat.ppid, []).append(stat.pid)
+        found = {pid: stat for pid, stat in everything.items() if stat.session in leaders or pid in leaders}
+        todo = list(found)
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in found:
+                    found[child] = everything[child]
+                    todo.append(child)
         return found
 
-    def _sample(self, *, start: bool = False, pss: bool = False) -> None:
-        import psutil
+    def _classify(self, stat: _Stat, members: Mapping[int, _Stat]) -> tuple[str, bool]:
+        """(kind, re-parented) of a process seen for the first time."""
+        names = {pid: name for name, pid in self.components.items()}
+        depth, pid = 0, stat.pid
+        while pid not in names:
+            parent = members.get(members[pid].ppid) if pid in members else None
+            if parent is None:  # its parent is gone: nobody of ours will wait for it
+                return _kind(names.get(stat.session, "?"), None, ""), True
+            pid, depth = parent.pid, depth + 1
+        cmdline = _read(f"/proc/{stat.pid}/cmdline").replace("\0", " ") if depth == 1 else ""
+        return _kind(names[pid], depth, cmdline), False
 
+    def _sample(self, *, start: bool = False, pss: bool = False) -> None:
+        members = self._members()
         rss: dict[str, float] = {}
         pss_sum: dict[str, float] = {}
         counts: dict[str, int] = {}
-        walked = self._walk()
-        alive = {proc.pid for proc, _, _ in walked}
-        leaders = set(self.components.values())
         with self._lock:
-            for proc, kind, ppid in walked:
-                try:
-                    times = proc.cpu_times()
-                    created = proc.create_time()
-                    resident = proc.memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-                seen = self.seen.get(proc.pid)
-                if seen is None or abs(seen.create_time - created) >= 0.01:
-                    seen = self.seen[proc.pid] = _Seen(kind, ppid, created)
-                seen.own = times.user + times.system
-                seen.reaped = times.children_user + times.children_system
+            for pid, stat in members.items():
+                seen = self.seen.get(pid)
+                if seen is None or seen.start != stat.start:
+                    kind, orphaned = self._classify(stat, members)
+                    seen = self.seen[pid] = _Seen(kind, stat.ppid, stat.start, orphaned=orphaned)
+                seen.own, seen.reaped = stat.own, stat.reaped
                 if start:
                     seen.at_start = (seen.own, seen.reaped)
-                # A process whose parent is gone is re-parented: nobody in the tree will wait for it.
-                leader = proc.pid in leaders
-                seen.orphaned = seen.orphaned or (not leader and (ppid != seen.ppid or ppid not in alive))
-                seen.hwm_mb = max(seen.hwm_mb, _status_kb(proc.pid, "VmHWM:") / 1024.0, resident)
-                rss[kind] = rss.get(kind, 0.0) + resident
-                counts[kind] = counts.get(kind, 0) + 1
+                if pid not in self.components.values() and (
+                    stat.ppid != seen.ppid or stat.ppid not in members
+                ):
+                    seen.orphaned = True
+                status = _read(f"/proc/{pid}/status")
+                seen.hwm_mb = max(seen.hwm_mb, _field_kb(status, "VmHWM:") / 1024.0, stat.rss_mb)
+                rss[seen.kind] = rss.get(seen.kind, 0.0) + stat.rss_mb
+                counts[seen.kind] = counts.get(seen.kind, 0) + 1
                 if pss:
-                    pss_sum[kind] = pss_sum.get(kind, 0.0) + _pss_kb(proc.pid) / 1024.0
+                    pss_mb = _field_kb(_read(f"/proc/{pid}/smaps_rollup"), "Pss:") / 1024.0
+                    pss_sum[seen.kind] = pss_sum.get(seen.kind, 0.0) + pss_mb
             for kind, value in rss.items():
                 self.rss_peak_mb[kind] = max(self.rss_peak_mb.get(kind, 0.0), value)
                 self.count_peak[kind] = max(self.count_peak.get(kind, 0), counts[kind])
             for kind, value in pss_sum.items():
                 self.pss_peak_mb[kind] = max(self.pss_peak_mb.get(kind, 0.0), value)
             self.samples += 1
+            self._alive = {pid: stat.start for pid, stat in members.items()}
 
     def _loop(self) -> None:
         tick = 0
@@ -226,8 +258,6 @@ class ProcessMeter:
 
     def stop(self) -> dict[str, Any]:
         """Read every process again; CPU seconds per kind since :meth:`start`, and the memory peaks."""
-        import psutil
-
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -236,33 +266,28 @@ class ProcessMeter:
         lost = 0.0
         with self._lock:
             for pid, seen in self.seen.items():
-                try:
-                    alive = abs(psutil.Process(pid).create_time() - seen.create_time) < 0.01
-                except psutil.Error:
-                    alive = False
-                own0, reaped0 = seen.at_start or (0.0, 0.0)
-                if alive or seen.at_start is not None:
-                    # Alive at the start: its start counters are in the baseline; if it has exited since,
-                    # what it used in total is now in its parent's counters (below).
-                    cpu[seen.kind] = cpu.get(seen.kind, 0.0) - own0
-                    cpu[_reaped_kind(seen.kind)] = cpu.get(_reaped_kind(seen.kind), 0.0) - reaped0
+                alive = self._alive.get(pid) == seen.start
+                reaped_kind = _reaped_kind(seen.kind)
+                if seen.at_start is not None:
+                    # Its counters at the baseline are not the run's; if it has exited since, what it used
+                    # in total is now in its parent's counters (a process of ours alive at the end).
+                    cpu[seen.kind] = cpu.get(seen.kind, 0.0) - seen.at_start[0]
+                    cpu[reaped_kind] = cpu.get(reaped_kind, 0.0) - seen.at_start[1]
                 if alive:
                     cpu[seen.kind] = cpu.get(seen.kind, 0.0) + seen.own
-                    cpu[_reaped_kind(seen.kind)] = cpu.get(_reaped_kind(seen.kind), 0.0) + seen.reaped
-                elif seen.orphaned:  # exited with nobody of ours to wait for it: its last sample
-                    used = seen.own + seen.reaped
-                    lost += used
-                    cpu[seen.kind] = cpu.get(seen.kind, 0.0) + used
+                    cpu[reaped_kind] = cpu.get(reaped_kind, 0.0) + seen.reaped
+                elif seen.orphaned:  # exited with nobody of ours to wait for it: its last reading counts
+                    lost += seen.own + seen.reaped - sum(seen.at_start or (0.0, 0.0))
+                    cpu[seen.kind] = cpu.get(seen.kind, 0.0) + seen.own + seen.reaped
             hwm: dict[str, float] = {}
             for seen in self.seen.values():
                 hwm[seen.kind] = max(hwm.get(seen.kind, 0.0), seen.hwm_mb)
+            kinds = [s.kind for s in self.seen.values()]
         return {
             "cpu_by_kind": {k: max(0.0, v) for k, v in cpu.items()},
             "cpu": max(0.0, sum(cpu.values())),
             "cpu_of_orphans": lost,
-            "processes_seen": dict(
-                sorted({k: sum(1 for s in self.seen.values() if s.kind == k) for k in cpu}.items())
-            ),
+            "processes_seen": {k: kinds.count(k) for k in cpu},
             "processes_peak": dict(self.count_peak),
             "rss_peak_mb_per_process": hwm,
             "rss_peak_mb_sum": dict(self.rss_peak_mb),
@@ -539,14 +564,8 @@ def _generate_floor(dags: Path, env: dict[str, str]) -> Path:
 
 
 def task_instances(api: Any, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    """Every task instance of the run, page by page (the API returns at most 100 at a time)."""
-    path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances"
-    found: list[dict[str, Any]] = []
-    while True:
-        page = api.get(path, limit=100, offset=len(found))
-        found.extend(page["task_instances"])
-        if not page["task_instances"] or len(found) >= page["total_entries"]:
-            return found
+    """Every task instance of the run (the API client pages them)."""
+    return list(api.task_instances(dag_id, run_id))
 
 
 def emulator_csv_key() -> str:
@@ -576,6 +595,27 @@ def _timed_get(url: str, token: str, repeats: int) -> dict[str, Any]:
     return {"status": status, "bytes": size, "first_s": walls[0], "median_s": _median(walls)}
 
 
+def _timed_pages(url: str, token: str, repeats: int) -> dict[str, Any]:
+    """Every page of 100 of a list endpoint, ``repeats`` times: as :func:`_timed_get`, for the whole list."""
+    walls: list[float] = []
+    size, status, pages = 0, 0, 0
+    for _ in range(repeats):
+        t0, size, offset, pages = time.perf_counter(), 0, 0, 0
+        while True:
+            request = urllib.request.Request(  # noqa: S310 - loopback API server
+                f"{url}?limit=100&offset={offset}", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=300) as answer:  # noqa: S310
+                body, status = answer.read(), answer.status
+            size, pages = size + len(body), pages + 1
+            page = json.loads(body)
+            offset += len(page["task_instances"])
+            if not page["task_instances"] or offset >= page["total_entries"]:
+                break
+        walls.append(time.perf_counter() - t0)
+    return {"status": status, "bytes": size, "pages": pages, "first_s": walls[0], "median_s": _median(walls)}
+
+
 def probe_ui(
     api: Any, dag_id: str, run_id: str, *, repeats: int = 3, screenshot: Path | None = None
 ) -> dict[str, Any]:
@@ -597,6 +637,8 @@ def probe_ui(
         "coverage.json": "/cmdb-coverage/coverage.json",
     }
     probed = {label: _timed_get(base + path, api.token, repeats) for label, path in calls.items()}
+    every = f"{base}/api/v2/dags/{dag_id}/dagRuns/{run}/taskInstances"
+    probed["every task instance (pages of 100)"] = _timed_pages(every, api.token, repeats)
     if screenshot is not None:
         from bench.ui_snapshot import coverage_screenshot
 
@@ -626,3 +668,238 @@ if __name__ == "__main__":  # a quick look: python -m bench.orchestrated ACCOUNT
         shot = Path(tempfile.gettempdir()) / "cmdb-bench-coverage.png"
         print(to_json(run_orchestrated(emu, world, 100.0, ui=True, screenshot=shot)))
     print(to_json(run_airflow_floor(n, world=world.spec.label)))
+
+
+# --------------------------------------------------------------------------------------------------
+# bench.run's sections, and their part of BENCHMARKS.md
+# --------------------------------------------------------------------------------------------------
+
+SCALE_UPSTREAM_LIMIT = 4  # as the peer worlds' gateway: 4 requests at a time reach moto
+
+
+def _crashed(name: str, world: str, latency_ms: float, err: BaseException) -> Measured:
+    """A run that crashed is a wrong run: reported, and the benchmark goes on."""
+    problem = f"{type(err).__name__}: {str(err)[-600:]}".replace("\n", " ")
+    return Measured(name, world, latency_ms, 0.0, Verdict(False, 0, [problem]))
+
+
+def airflow_floor_section(ctx: Any) -> None:
+    """
+    ``--only airflow_floor``: the floor DAG over as many mapped tasks as the real scheduler's run
+    (``Profile.orchestrated_accounts``, or ``extra["airflow_floor_accounts"]``), labelled with that run's
+    world when it ran first.
+    """
+    accounts = int(ctx.profile.extra.get("airflow_floor_accounts", ctx.profile.orchestrated_accounts))
+    if not accounts:
+        return
+    ours = [
+        r
+        for r in ctx.results["runs"]
+        if r["name"] == "orchestrated" and r["details"].get("mapped_tasks") == accounts
+    ]
+    world = ours[0]["world"] if ours else f"{accounts} no-op"
+    with ctx.step(f"airflow floor: {accounts} no-op mapped tasks"):
+        try:
+            measured = run_airflow_floor(accounts, world=world, concurrency=ctx.profile.concurrency)
+        except Exception as err:
+            measured = _crashed("airflow_floor", world, 0.0, err)
+    ctx.results["runs"].append(measured.to_dict())
+
+
+def scale_section(ctx: Any) -> None:
+    """
+    ``--only scale``: ``extra["scale_world"]`` (e.g. 1,000 x 17 x 1) seeded on an emulator of its own
+    (seeding timed), the shipped DAG under the scheduler at ``extra["scale_latency_ms"]`` (default 100),
+    the UI's answers at that size and a screenshot of the coverage page (``bench/results/``); with
+    ``extra["scale_floor"]`` the floor DAG at the same size too.
+    """
+    from bench import scenarios
+    from bench.world import seed
+
+    spec = ctx.profile.extra.get("scale_world")
+    if spec is None:
+        return
+    latency = float(ctx.profile.extra.get("scale_latency_ms", 100.0))
+    shot = sandbox.ROOT / "bench" / "results" / f"coverage-{spec.accounts}-accounts.png"
+    with Emulator() as emu:
+        with ctx.step(f"seed {spec.label}"):
+            world = seed(emu.moto_url, spec)
+        ctx.results.setdefault("seeds", []).append(
+            {"world": spec.label, "seconds": world.seconds, "instances": spec.instance_count, "scale": True}
+        )
+        scenarios.set_upstream_limit(emu, SCALE_UPSTREAM_LIMIT)
+        with ctx.step(f"orchestrated {spec.label} at {latency:g} ms (with the UI's answers)"):
+            try:
+                measured = run_orchestrated(
+                    emu, world, latency, concurrency=ctx.profile.concurrency, ui=True, screenshot=shot
+                )
+            except Exception as err:
+                measured = _crashed("orchestrated", spec.label, latency, err)
+        measured.details.update(scale=True, upstream_limit=SCALE_UPSTREAM_LIMIT, seed_seconds=world.seconds)
+        ctx.results["runs"].append(measured.to_dict())
+    if ctx.profile.extra.get("scale_floor"):
+        with ctx.step(f"airflow floor: {spec.accounts} no-op mapped tasks"):
+            try:
+                floor = run_airflow_floor(
+                    spec.accounts, world=spec.label, concurrency=ctx.profile.concurrency
+                )
+            except Exception as err:
+                floor = _crashed("airflow_floor", spec.label, 0.0, err)
+        ctx.results["runs"].append(floor.to_dict())
+
+
+def _pair(runs: list[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]]:
+    """(the shipped DAG's run, the floor's run) per world, in the order they ran."""
+    pairs: dict[str, list[Mapping[str, Any] | None]] = {}
+    for run in runs:
+        if run["name"] in ("orchestrated", "airflow_floor"):
+            pairs.setdefault(run["world"], [None, None])[run["name"] == "airflow_floor"] = run
+    return [(ours, floor) for ours, floor in pairs.values()]
+
+
+def report_section(results: Mapping[str, Any]) -> list[str]:
+    """The Markdown of the runs under the scheduler: CPU and memory by kind of process, the UI at size."""
+    from bench.report import _f, _table
+
+    pairs = _pair(results.get("runs", []))
+    if not pairs:
+        return []
+    out = ["", "## Under the scheduler: the shipped DAG against its Airflow floor", ""]
+    rows = []
+    for ours, floor in pairs:
+        for run in (ours, floor):
+            if run is None or "cpu_per_mapped_task_by_kind" not in run["details"]:
+                continue
+            d = run["details"]
+            per = d["cpu_per_mapped_task_by_kind"]
+            base = floor["details"].get("cpu_per_mapped_task") if floor and floor["verified"] else None
+            ratio = f"{d['cpu_per_mapped_task'] / base:.2f}x" if base and run is ours else "-"
+            rows.append(
+                (
+                    "shipped DAG" if run is ours else "no-op floor",
+                    run["world"],
+                    _f(run["wall"]) if run["verified"] else f"{_f(run['wall'])} ({run['verdict']})",
+                    d["mapped_tasks"],
+                    _f(d["cpu_per_mapped_task"], 3),
+                    *(_f(per.get(kind), 3) for kind in KINDS),
+                    ratio,
+                )
+            )
+    out += _table(
+        ("DAG", "world", "wall s", "mapped tasks", "CPU s per mapped task", *KINDS, "x floor"), rows
+    )
+    out += [
+        "",
+        "CPU seconds per mapped task of every Airflow process (and its PostgreSQL) from the trigger to the "
+        "run's end, by kind: the scheduler's own process, its LocalExecutor workers (each the Task SDK "
+        "supervisor of the task it runs), the task processes they fork (our code runs there), the DAG "
+        "processor, the API server (the Execution API the tasks call, and the benchmark's poll of the run "
+        f"every {POLL_SECONDS:g} s), PostgreSQL. The floor is the same task graph with no-op tasks "
+        "(`bench/airflow_floor.py`), in a fresh cluster of the same settings (Airflow's defaults; "
+        "`[core] parallelism` 32, the DAG's 16 scans at a time). Exited processes are counted through "
+        "their parents' counters of waited-for children (exact, however short-lived), a process whose "
+        "parent exited first from its last reading once a second (`cpu_of_orphans` in the JSON).",
+        "",
+    ]
+    memory = []
+    for ours, floor in pairs:
+        for run in (ours, floor):
+            if run is None or "processes" not in run["details"]:
+                continue
+            p = run["details"]["processes"]
+            memory.append(
+                (
+                    "shipped DAG" if run is ours else "no-op floor",
+                    run["world"],
+                    *(
+                        f"{_f(p['rss_peak_mb_per_process'].get(k), 0)} / {_f(p['pss_peak_mb_sum'].get(k), 0)}"
+                        f" ({p['processes_peak'].get(k, 0)})"
+                        for k in KINDS
+                    ),
+                )
+            )
+    out += _table(("DAG", "world", *KINDS), memory)
+    out += [
+        "",
+        "Memory, MB: the largest peak resident set of one process of the kind (`VmHWM`, sampled once a "
+        "second: a task process that lives less than a second may be missed) / the largest sum of the "
+        "kind's proportional set sizes (PSS: pages shared by forked processes split between them) "
+        "(the most processes of the kind at once, exited ones not yet waited for included).",
+    ]
+    out += _scale_lines(results)
+    return out
+
+
+def _scale_lines(results: Mapping[str, Any]) -> list[str]:
+    from bench.report import _f, _table
+
+    out: list[str] = []
+    for run in results.get("runs", []):
+        d = run["details"]
+        if run["name"] != "orchestrated" or not d.get("scale"):
+            continue
+        seeds = [s for s in results.get("seeds", []) if s["world"] == run["world"]]
+        out += ["", f"## {run['world']} under the scheduler (the UI at that size)", ""]
+        if "mapped_tasks" not in d:
+            out.append(f"The run did not complete: {run['verdict']}.")
+            continue
+        out += [
+            f"Seeding the world took {_f(seeds[0]['seconds'] if seeds else None, 0)} s. The run: "
+            f"{_f(run['wall'])} s trigger to end, CSV {run['verdict']}; {d['mapped_tasks']} mapped tasks, "
+            f"{_f(d['cpu_per_mapped_task'], 2)} Airflow CPU s per mapped task, of which the scheduler's "
+            f"own process {_f(d['scheduler_cpu_per_mapped_task'], 3)}; moto {_f(run['moto_cpu'])} CPU s; "
+            f"median task {_f(d['task_seconds_median'], 2)} s, queued to running "
+            f"{_f(d['queued_to_start_median'], 2)} s. Settings beyond the defaults: "
+            + (", ".join(f"`{k}={v}`" for k, v in d["settings"].items()) or "none")
+            + ".",
+            "",
+        ]
+        ui = {k: v for k, v in d.get("ui", {}).items() if k != "screenshot"}
+        out += _table(
+            ("request (as the UI makes it)", "HTTP", "bytes", "first s", "median of 3 s"),
+            (
+                (label, v["status"], f"{v['bytes']:,}", _f(v["first_s"], 3), _f(v["median_s"], 3))
+                for label, v in ui.items()
+            ),
+        )
+        shot = d.get("ui", {}).get("screenshot")
+        if shot:
+            out += [
+                "",
+                f"Screenshot of the coverage page: `{_relative(shot.get('path', '-'))}` "
+                f"({_f((shot.get('bytes') or 0) / 1024, 0)} KiB, {_f(shot.get('seconds'), 1)} s in headless "
+                "Chromium)"
+                if "path" in shot
+                else f"Screenshot failed: {shot.get('error')}",
+            ]
+    return out
+
+
+def _relative(path: str) -> str:
+    """A path under the repository as the repository names it."""
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(sandbox.ROOT))
+    return path
+
+
+def scale_targets(results: Mapping[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """Issue 13's 1,000-account target: the run completes on this machine, its CSV right."""
+    from bench.report import _f
+
+    rows: list[tuple[str, str, str, bool | None]] = []
+    for run in results.get("runs", []):
+        d = run["details"]
+        if run["name"] != "orchestrated" or not d.get("scale"):
+            continue
+        memory = d.get("processes", {}).get("pss_peak_mb_sum", {})
+        rows.append(
+            (
+                f"{run['world']} at {run['latency_ms']:g} ms under the scheduler",
+                "completes on this machine, every instance exactly once",
+                f"{_f(run['wall'])} s, CSV {run['verdict']}; scheduler "
+                f"{_f(d.get('scheduler_cpu_per_mapped_task'), 3)} CPU s per mapped task; peak PSS "
+                + ", ".join(f"{k} {_f(v, 0)} MB" for k, v in memory.items()),
+                bool(run["verified"]),
+            )
+        )
+    return rows

@@ -290,8 +290,14 @@ def kept_targets(results: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def _scale_targets(results: Mapping[str, Any]) -> list[Row]:
+    from bench.orchestrated import scale_targets
+
+    return scale_targets(results)
+
+
 # Extension point: more target rows, each a function of the results (rendered after the built-in ones).
-TARGET_ROWS: list[Callable[[Mapping[str, Any]], list[Row]]] = []
+TARGET_ROWS: list[Callable[[Mapping[str, Any]], list[Row]]] = [_scale_targets]
 
 
 def targets(results: Mapping[str, Any]) -> list[Row]:
@@ -423,6 +429,8 @@ def peers_section(results: Mapping[str, Any]) -> list[str]:
                 f"({_f(floor['critical_path'], 2)} s at {floor.get('concurrency', '-')} accounts at a time) "
                 f"and moto's CPU for the scan's calls ({_f(floor['emulator_cpu'], 2)} s).",
             ]
+    if versions:
+        out += ["", "c7n-org's venv: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."]
     if imported:
         out += [
             "",
@@ -432,9 +440,15 @@ def peers_section(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _scheduler_section(results: Mapping[str, Any]) -> list[str]:
+    from bench.orchestrated import report_section
+
+    return report_section(results)
+
+
 # Extension point: more sections, each a function of the results returning Markdown lines (rendered in
 # order after the built-in sections, before the calls per account).
-SECTIONS: list[Callable[[Mapping[str, Any]], list[str]]] = []
+SECTIONS: list[Callable[[Mapping[str, Any]], list[str]]] = [_scheduler_section]
 
 
 def render(results: Mapping[str, Any], command: str) -> str:

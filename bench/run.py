@@ -93,6 +93,8 @@ PROFILES: dict[str, Profile] = {
         merge_parts=1000,
         parse_repeats=7,
         mapping_accounts=1500,
+        # bench.orchestrated's sections: 1,000 accounts under the scheduler, and the floor DAG at that size
+        extra={"scale_world": WorldSpec(1000, DEFAULT_REGIONS, 1), "scale_floor": True},
     ),
     "quick": Profile(
         name="quick",
@@ -105,6 +107,7 @@ PROFILES: dict[str, Profile] = {
         merge_parts=100,
         parse_repeats=3,
         import_repeats=1,
+        extra={"scale_world": WorldSpec(50, DEFAULT_REGIONS, 1)},  # the 1,000-account path, smaller
     ),
     "smoke": Profile(
         name="smoke",
@@ -353,6 +356,20 @@ def run_mapping(ctx: Context) -> None:
             ctx.results["mapping"] = scenarios.run_mapping(ctx.profile.mapping_accounts)
 
 
+def run_airflow_floor(ctx: Context) -> None:
+    """The no-op floor DAG under the scheduler, as many mapped tasks as the orchestrated run."""
+    from bench.orchestrated import airflow_floor_section
+
+    airflow_floor_section(ctx)
+
+
+def run_scale(ctx: Context) -> None:
+    """``extra["scale_world"]`` (1,000 accounts) under the scheduler, with the UI's answers at that size."""
+    from bench.orchestrated import scale_section
+
+    scale_section(ctx)
+
+
 def run_tuning(ctx: Context) -> None:
     """Each botocore tuning piece with and without."""
     if ctx.profile.tuning:
@@ -373,6 +390,8 @@ class Section:
 # Extension point: the sections, in order (a registered one adds its results; report.py renders them).
 SECTIONS: list[Section] = [
     Section("peers", run_peers),
+    Section("airflow_floor", run_airflow_floor),  # right after the peers' orchestrated run: same conditions
+    Section("scale", run_scale),
     Section("volume", run_volume),
     Section("merge", run_merge),
     Section("parse", run_parse),

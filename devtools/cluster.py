@@ -149,9 +149,14 @@ class AirflowApi:
         return list(self.get(f"/dags/{dag_id}/dagRuns", limit=100, **params)["dag_runs"])
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        """Every task instance of a run, mapped ones included."""
+        """Every task instance of a run, mapped ones included (page by page: at most 100 come at a time)."""
         path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
-        return list(self.get(path, limit=1000)["task_instances"])
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.get(path, limit=100, offset=len(found))
+            found.extend(page["task_instances"])
+            if not page["task_instances"] or len(found) >= page["total_entries"]:
+                return found
 
     def task_instances_by_label(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         """A run's task instances by task id, mapped ones as ``task[<first word of their label>]``."""
