@@ -9,8 +9,6 @@ admin, whose middleware authenticates each request: the browser needs no login.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,14 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-CHROMIUM = "/usr/bin/chromium"
+from devtools.chromium import FLAGS, chromium_binary
+
 WIDTH, HEIGHT = 1400, 2000
 BUDGET_MS = 20_000  # virtual time for the page's scripts and requests before the capture
-
-
-def chromium_binary() -> str | None:
-    """The Chromium executable, when installed."""
-    return CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
 
 
 def screenshot(url: str, out: Path, width: int = WIDTH, height: int = HEIGHT) -> dict[str, Any]:
@@ -37,15 +31,7 @@ def screenshot(url: str, out: Path, width: int = WIDTH, height: int = HEIGHT) ->
     with tempfile.TemporaryDirectory(prefix="cmdb-bench-chromium-") as profile:
         cmd = [
             binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
+            *FLAGS,
             f"--user-data-dir={profile}",
             f"--window-size={width},{height}",
             f"--virtual-time-budget={BUDGET_MS}",

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from devtools import emulator, sandbox
+from devtools.chromium import Chromium, chromium_binary
 from devtools.gateway import AwsGateway
 from devtools.world import DISCOVERY_ROLE, Server, World
-from tests.ui.chromium import Chromium, chromium_binary
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.xdist_group("ui-browser")]
 
