@@ -56,20 +56,39 @@ class Account:
 
     id: str
     name: str = ""
+    # Its place in AWS Organizations, when it was discovered there: ``Root/Workloads/Prod``, and its tags
+    # (ListTagsForResource) as sorted (key, value) pairs. Empty for an account known only from ``accounts``.
+    ou_path: str = ""
+    tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
         """How the account is shown in the UI and in messages."""
         return f"{self.id} ({self.name})" if self.name else self.id
 
+    @property
+    def tags_json(self) -> str:
+        """The account's tags as the ``AccountTags`` cell: a JSON object, keys sorted (``{}`` for none)."""
+        return json.dumps(dict(self.tags), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
     def to_dict(self) -> dict[str, str]:
-        """Small JSON form, as passed between tasks."""
-        return {"id": self.id, "name": self.name, "label": self.label}
+        """Small JSON form, as passed between tasks (the organisation context only when there is one)."""
+        data = {"id": self.id, "name": self.name, "label": self.label}
+        if self.ou_path or self.tags:
+            data.update(ou_path=self.ou_path, tags=self.tags_json)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Account:
         """Inverse of :meth:`to_dict`."""
-        return cls(id=str(data["id"]), name=str(data.get("name") or ""))
+        raw_tags = data.get("tags") or {}
+        tags = json.loads(raw_tags) if isinstance(raw_tags, str) else raw_tags
+        return cls(
+            id=str(data["id"]),
+            name=str(data.get("name") or ""),
+            ou_path=str(data.get("ou_path") or ""),
+            tags=tuple(sorted((str(k), str(v)) for k, v in dict(tags).items())),
+        )
 
 
 @dataclass(frozen=True)
@@ -106,11 +125,23 @@ class Settings:
     source_identity: str | None = None
     session_tags: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
     parquet: bool = False  # also write the snapshot as Parquet (formats.py)
+    # Extra columns from instance tags: (column, tag keys in order); the first key an instance has wins.
+    tag_columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    servicenow: bool = False  # also write the ServiceNow IRE payload (servicenow.py)
+    # More REMOVED than this share of the previous complete snapshot's instances: latest/ waits for a person.
+    max_removed_fraction: float = 0.1
     organizations: OrganizationsSettings | None = None  # discover accounts at run time (resolve_accounts)
     accounts_from_params: bool = False  # the run's Params named the accounts of this run (``accounts``)
     # The Variable's own ``accounts``: with ``organizations``, the expected set that a run's Params may only
     # pick from (resolve_accounts checks the Params against it; ``accounts`` may be the Params' subset).
     configured_accounts: tuple[Account, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The snapshot's CSV columns: the contract's, then the tag columns."""
+        from include.cmdb_inventory.contract import columns
+
+        return columns([column for column, _ in self.tag_columns])
 
     def account(self, account_id: str) -> Account:
         """The configured account with this id."""
@@ -142,7 +173,15 @@ _KNOWN_KEYS = {
     "session_tags",
     "parquet",
     "organizations",
+    "tag_columns",
+    "servicenow",
+    "max_removed_fraction",
 }
+
+# A tag column's name: a CSV header cell that every CMDB import tool and SQL engine takes as it is.
+TAG_COLUMN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z", re.ASCII)
+TAG_KEY_MAX = 128  # EC2 tag keys: 1-128 characters
+TAG_COLUMNS_MAX = 50
 
 
 def known_regions() -> frozenset[str]:
@@ -295,6 +334,58 @@ def _region_list(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
         if region not in seen:
             seen.append(region)
     return tuple(seen)
+
+
+def _tag_columns(raw: Mapping[str, Any], key: str = "tag_columns") -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """
+    ``{"Owner": ["owner", "Owner", "team"], ...}``: each column (a new CSV column after the contract's)
+    holds the value of the first of its tag keys an instance has (keys compared case-sensitively).
+    """
+    from include.cmdb_inventory.contract import COLUMNS
+
+    value = raw.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be an object of column names to lists of tag keys, got {_kind(value)}")
+    if len(value) > TAG_COLUMNS_MAX:
+        raise ConfigError(key, f"has {len(value)} columns; at most {TAG_COLUMNS_MAX} are allowed")
+    taken = {c.lower() for c in COLUMNS}
+    seen: set[str] = set()
+    parsed: list[tuple[str, tuple[str, ...]]] = []
+    for column, keys in value.items():
+        where = f"{key}.{column}"
+        if not isinstance(column, str) or not TAG_COLUMN_RE.match(column):
+            raise ConfigError(
+                key,
+                f"column name {_short(column)} is not valid: a letter, then up to 63 letters, digits or _",
+            )
+        if column.lower() in taken:
+            raise ConfigError(where, f"{column} is already a column of the inventory (names ignore case)")
+        if column.lower() in seen:
+            raise ConfigError(where, "duplicate column name (names ignore case)")
+        seen.add(column.lower())
+        if not isinstance(keys, list) or not keys:
+            raise ConfigError(where, f"must be a non-empty list of tag keys, got {_short(keys)}")
+        for index, tag in enumerate(keys):
+            if not isinstance(tag, str) or not 1 <= len(tag) <= TAG_KEY_MAX:
+                raise ConfigError(
+                    f"{where}[{index}]",
+                    f"{_short(tag)} is not a tag key (a string of 1-{TAG_KEY_MAX} characters)",
+                )
+            if tag in keys[:index]:
+                raise ConfigError(f"{where}[{index}]", f"duplicate tag key {_short(tag)}")
+        parsed.append((column, tuple(keys)))
+    return tuple(parsed)
+
+
+def _fraction(raw: Mapping[str, Any], key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN != NaN
+        raise ConfigError(key, f"must be a number between 0 and 1, got {_short(value)}")
+    if not 0 <= value <= 1:
+        raise ConfigError(key, f"must be between 0 and 1, got {value}")
+    return float(value)
 
 
 def parse_accounts(value: Any, key: str = "accounts") -> tuple[Account, ...]:
@@ -468,6 +559,9 @@ def parse_settings(raw: Any, params: Mapping[str, Any] | None = None) -> Setting
         source_identity=_string(raw, "source_identity", SOURCE_IDENTITY_RE),
         session_tags=_session_tags(raw),
         parquet=_boolean(raw, "parquet", False),
+        tag_columns=_tag_columns(raw),
+        servicenow=_boolean(raw, "servicenow", False),
+        max_removed_fraction=_fraction(raw, "max_removed_fraction", 0.1),
         organizations=organizations,
         accounts_from_params=bool(requested),
         configured_accounts=static_accounts,

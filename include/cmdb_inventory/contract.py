@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
-SCHEMA_VERSION = 1
+# 2: the DescribeInstances attributes, the organisation context and the tag columns appended (issue 9).
+SCHEMA_VERSION = 2
 
 # The first four columns are the 2015 script's, so existing imports keep working.
 COLUMNS: tuple[str, ...] = (
@@ -32,12 +34,41 @@ COLUMNS: tuple[str, ...] = (
     "LaunchTime",
     "Tags",
     "CollectedAt",
+    # Schema 2: from the same DescribeInstances answer (no new permission) ...
+    "PlatformDetails",
+    "Architecture",
+    "InstanceLifecycle",
+    "Tenancy",
+    "IamInstanceProfileArn",
+    "SecurityGroupIds",
+    "EbsVolumeIds",
+    "KeyName",
+    "ImdsV2Required",
+    "PrivateDnsName",
+    "Ipv6Addresses",
+    "OutpostArn",
+    "ReservationId",
+    "OwnerId",
+    # ... and the account's place in AWS Organizations (empty for accounts not discovered there).
+    "AccountOuPath",
+    "AccountTags",
 )
+# Columns holding several values: ``;``-joined (sorted) in the CSV, lists of strings in Parquet.
+LIST_COLUMNS: tuple[str, ...] = ("SecurityGroupIds", "EbsVolumeIds", "Ipv6Addresses")
+LIST_SEPARATOR = ";"
+
+
+def columns(tag_columns: Sequence[str] = ()) -> tuple[str, ...]:
+    """A snapshot's columns: :data:`COLUMNS`, then the configured tag columns (``tag_columns``) in order."""
+    return (*COLUMNS, *tag_columns)
+
 
 CSV_NAME = "ec2_inventory.csv"
 MANIFEST_NAME = "manifest.json"
 CHANGES_NAME = "changes.csv"
 PARQUET_NAME = "ec2_inventory.parquet"
+# The ServiceNow export (``servicenow: true``): an Identification and Reconciliation API payload.
+IRE_PAYLOAD_NAME = "servicenow/ire_payload.json.gz"
 
 # Coverage statuses: one per expected account and region (or per account, before its regions are known).
 OK = "OK"
@@ -59,6 +90,15 @@ STATUSES = (
     TASK_FAILED,
     NOT_REQUESTED,
 )
+
+# The mass-removal guard's states (manifest ``removal_guard.state``): a snapshot that would report more of the
+# previous complete snapshot's instances as REMOVED than ``max_removed_fraction`` is HELD: written under its
+# date, but ``latest/`` and the Asset event wait for a person (APPROVED, or REJECTED: latest/ stays).
+GUARD_CLEAR = "CLEAR"
+GUARD_HELD = "HELD"
+GUARD_APPROVED = "APPROVED"
+GUARD_REJECTED = "REJECTED"
+GUARD_STATES = (GUARD_CLEAR, GUARD_HELD, GUARD_APPROVED, GUARD_REJECTED)
 
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -153,6 +193,8 @@ class AccountStatus(TypedDict):
     role_arn: NotRequired[str]
     regions_source: NotRequired[str]
     note: NotRequired[str]
+    columns: NotRequired[list[str]]  # the part's columns (the settings' when it was scanned)
+    tag_sources: NotRequired[dict[str, dict[str, int]]]  # tag column -> tag key ("" none) -> instances
 
 
 class LedgerEntry(TypedDict):
@@ -184,6 +226,29 @@ class PublishedFile(TypedDict):
     name: str
     key: str | None
     bytes: int | None
+
+
+class TagColumn(TypedDict):
+    """A configured tag column (manifest ``tag_columns``): its tag keys, which key each value came from."""
+
+    column: str
+    keys: list[str]  # in the configured order: the first key an instance has gives the value
+    matched: dict[str, int]  # tag key -> instances whose value came from it
+    unmatched: int  # instances with none of the keys (the cell is empty)
+
+
+class RemovalGuard(TypedDict):
+    """The manifest's ``removal_guard``: whether this snapshot may move ``latest/`` without a person."""
+
+    state: str  # GUARD_STATES
+    removed: int  # instances REMOVED (verified regions only) against the previous complete snapshot
+    previous_rows: int  # that snapshot's instances (0: nothing to compare with)
+    previous_ds: str | None
+    fraction: float | None  # removed / previous_rows, None when nothing was compared
+    max_removed_fraction: float
+    reason: str
+    decided_by: NotRequired[str]  # who approved or rejected it (APPROVED, REJECTED)
+    decided_at: NotRequired[str]
 
 
 class Manifest(TypedDict):
@@ -224,6 +289,9 @@ class Manifest(TypedDict):
     athena: NotRequired[dict[str, Any]]
     published: NotRequired[list[PublishedFile]]
     replaces_commit_prefix: NotRequired[str | None]
+    tag_columns: NotRequired[list[TagColumn]]
+    servicenow: NotRequired[dict[str, Any] | None]  # servicenow.write_payload's entry
+    removal_guard: NotRequired[RemovalGuard]
 
 
 class Plan(TypedDict):
@@ -275,3 +343,4 @@ class RunSummary(TypedDict):
     changes: dict[str, Any] | None
     parquet_uri: str | None
     unusable: list[UnusableDocument]
+    removal_guard: RemovalGuard | None  # the date's snapshot's (None: a snapshot from before the guard)

@@ -3,8 +3,10 @@ The snapshot's other files: Parquet next to the CSV (optional), the Athena table
 their copies in ``latest/``.
 
 Parquet holds the CSV's columns, typed: ``LaunchTime`` and ``CollectedAt`` as ``timestamp[ms, UTC]``
-(null when empty), every other column a string (``Tags`` the same JSON text). Cells hold exactly the CSV's
-values, including the leading ``'`` of formula neutralisation: once written, a neutralising quote cannot be
+(null when empty), the list columns (``SecurityGroupIds``, ``EbsVolumeIds``, ``Ipv6Addresses``) as lists
+of strings (empty when the cell is), every other column a string (``Tags`` the same JSON text), the
+configured tag columns last. Cells hold exactly the CSV's values, including the leading ``'`` of formula
+neutralisation: once written, a neutralising quote cannot be
 told apart from a quote that was in the data, so removing it would alter data. It is written by streaming
 the merged CSV in blocks into row groups, spooled to disk and uploaded a chunk at a time through the store
 (like the CSV), so memory stays bounded whatever the number of instances.
@@ -18,10 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
-from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, PARQUET_NAME, SCHEMA_VERSION
+from include.cmdb_inventory.contract import (
+    COLUMNS,
+    CSV_NAME,
+    LIST_COLUMNS,
+    LIST_SEPARATOR,
+    PARQUET_NAME,
+    SCHEMA_VERSION,
+)
 from include.cmdb_inventory.storage import CHUNK, spool
 
 if TYPE_CHECKING:
@@ -31,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PARQUET_SCHEMA_VERSION = 1
+PARQUET_SCHEMA_VERSION = 2  # 2: the CSV's schema 2 columns, its list columns as lists
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 PARQUET_COMPRESSION = "snappy"
 TIMESTAMP_COLUMNS = ("LaunchTime", "CollectedAt")
@@ -45,15 +54,35 @@ CSV_TABLE = "ec2_inventory_csv"
 PARQUET_TABLE = "ec2_inventory_parquet"
 
 
-def arrow_schema(metadata: Mapping[str, str] | None = None) -> pa.Schema:
-    """The Parquet schema: the CSV's columns in order, timestamps typed, the rest strings."""
+def _arrow_type(column: str) -> pa.DataType:
     import pyarrow as pa
 
-    fields = [
-        pa.field(column, pa.timestamp("ms", tz="UTC") if column in TIMESTAMP_COLUMNS else pa.string())
-        for column in COLUMNS
-    ]
-    return pa.schema(fields, metadata=dict(metadata or {}))
+    if column in TIMESTAMP_COLUMNS:
+        return pa.timestamp("ms", tz="UTC")
+    if column in LIST_COLUMNS:
+        return pa.list_(pa.string())
+    return pa.string()
+
+
+def arrow_schema(metadata: Mapping[str, str] | None = None, columns: Sequence[str] = COLUMNS) -> pa.Schema:
+    """The Parquet schema: the CSV's columns in order, timestamps and lists typed, the rest strings."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field(c, _arrow_type(c)) for c in columns], metadata=dict(metadata or {}))
+
+
+def _as_lists(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """The batch with its list columns (read as text) split on ``;``: an empty cell is an empty list."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrays = []
+    for field, array in zip(schema, batch.columns, strict=True):
+        if field.name in LIST_COLUMNS:
+            empty = pa.scalar([], field.type)
+            array = pc.if_else(pc.equal(array, ""), empty, pc.split_pattern(array, LIST_SEPARATOR))
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def parquet_metadata(manifest: Mapping[str, Any]) -> dict[str, str]:
@@ -75,6 +104,7 @@ def csv_to_parquet(
     row_group_rows: int = ROW_GROUP_ROWS,
     block_bytes: int = CSV_BLOCK_BYTES,
     memory_pool: pa.MemoryPool | None = None,
+    columns: Sequence[str] = COLUMNS,
 ) -> dict[str, int]:
     """
     Convert the merged CSV (a binary file, read from its start) into Parquet in ``out``, streaming: at
@@ -84,7 +114,9 @@ def csv_to_parquet(
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    schema = arrow_schema(metadata)
+    schema = arrow_schema(metadata, columns)
+    # The CSV is read with the list columns as text; each batch is then split into lists.
+    read_types = {f.name: pa.string() if f.name in LIST_COLUMNS else f.type for f in schema}
     csv_file.seek(0)
     reader = pacsv.open_csv(
         csv_file,
@@ -92,20 +124,20 @@ def csv_to_parquet(
         memory_pool=memory_pool,
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
-            column_types={field.name: field.type for field in schema},
+            column_types=read_types,
             null_values=[""],
             strings_can_be_null=False,
             quoted_strings_can_be_null=False,
         ),
     )
-    if reader.schema.names != list(COLUMNS):
-        raise ValueError(f"the CSV's header is {reader.schema.names}, not the schema's {list(COLUMNS)}")
+    if reader.schema.names != list(columns):
+        raise ValueError(f"the CSV's header is {reader.schema.names}, not the schema's {list(columns)}")
     rows = row_groups = 0
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     with pq.ParquetWriter(out, schema, compression=PARQUET_COMPRESSION, memory_pool=memory_pool) as writer:
         for batch in reader:
-            pending.append(batch)
+            pending.append(_as_lists(batch, schema))
             pending_rows += batch.num_rows
             rows += batch.num_rows
             while pending_rows >= row_group_rows:
@@ -149,7 +181,8 @@ def write_formats(
         # Spooled like the merged CSV (on disk beyond CHUNK here: the digest needs the whole file before
         # the upload), then the store's upload: one chunk in memory at a time, whatever the file's size.
         with spool(CHUNK) as out:
-            counts = csv_to_parquet(csv_file, out, parquet_metadata(manifest))
+            columns = list(manifest.get("columns") or COLUMNS)
+            counts = csv_to_parquet(csv_file, out, parquet_metadata(manifest), columns=columns)
             if counts["row_count"] != int(manifest.get("row_count") or 0):
                 raise RuntimeError(
                     f"Parquet has {counts['row_count']} rows, the manifest {manifest.get('row_count')}"
@@ -165,7 +198,11 @@ def write_formats(
                 out,
                 parquet_key,
                 PARQUET_CONTENT_TYPE,
-                {"sha256": digest.hexdigest(), "rows": str(counts["row_count"]), "schema-version": "1"},
+                {
+                    "sha256": digest.hexdigest(),
+                    "rows": str(counts["row_count"]),
+                    "schema-version": str(PARQUET_SCHEMA_VERSION),
+                },
             )
         parquet_entry = {
             "key": parquet_key,

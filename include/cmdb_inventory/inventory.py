@@ -30,6 +30,7 @@ from include.cmdb_inventory.contract import (
     RegionStatus,
     Resolved,
     RunSummary,
+    TagColumn,
     UnusableDocument,
 )
 from include.cmdb_inventory.notify import Receipt
@@ -209,6 +210,7 @@ def scan_account(
             exclude_regions=settings.exclude_regions,
             states=settings.instance_states,
             threads=settings.region_threads,
+            tag_columns=settings.tag_columns,
         )
     except Exception as err:
         error = errors.error_of(err)
@@ -228,7 +230,7 @@ def scan_account(
         )
 
     part_key = store.layout.part(staging, account.id)
-    instances = store.write_part(part_key, result.records)
+    instances = store.write_part(part_key, result.records, settings.columns)
     # scan.py's region entries are RegionStatus documents (region, status, instances, error where not OK).
     regions = cast("list[RegionStatus]", result.regions)
     doc = _status_doc(
@@ -242,6 +244,9 @@ def scan_account(
         instances=instances,
         part_key=part_key,
     )
+    doc["columns"] = list(settings.columns)
+    if settings.tag_columns:
+        doc["tag_sources"] = result.tag_sources
     store.put_json(status_key, doc)
     counts: dict[str, int] = {}
     for region in regions:
@@ -372,7 +377,7 @@ def build_manifest(
         "collected_at": now_utc(),
         "csv_key": csv_key,
         "csv_uri": store.uri(csv_key),
-        "columns": list(COLUMNS),
+        "columns": list(settings.columns),
         "row_count": sum(int(d.get("instances") or 0) for d in statuses if d.get("part_key")),
         # A subset run is measured against the whole expected set: it is never complete.
         "complete": totals["complete"] and bool(statuses) and not scope.subset,
@@ -398,7 +403,41 @@ def build_manifest(
         "accounts_source": plan.get("accounts_source") or "accounts",
         "expected_accounts": sorted(listed, key=lambda a: a["id"]),
         "accounts_not_scanned": sorted(plan.get("not_scanned") or [], key=lambda a: a["id"]),
+        "tag_columns": tag_column_sources(settings, statuses),
     }
+
+
+def tag_column_sources(settings: Settings, statuses: Sequence[Mapping[str, Any]]) -> list[TagColumn]:
+    """The manifest's ``tag_columns``: each configured column, its keys, the instances each key filled."""
+    listed: list[TagColumn] = []
+    for column, keys in settings.tag_columns:
+        counts: dict[str, int] = {}
+        for doc in statuses:
+            for key, n in ((doc.get("tag_sources") or {}).get(column) or {}).items():
+                counts[key] = counts.get(key, 0) + int(n)
+        unmatched = counts.pop("", 0)
+        matched = {key: counts[key] for key in keys if counts.get(key)}
+        listed.append({"column": column, "keys": list(keys), "matched": matched, "unmatched": unmatched})
+    return listed
+
+
+def check_part_columns(settings: Settings, statuses: Sequence[Mapping[str, Any]]) -> None:
+    """
+    Fail, naming the accounts, when a part was written with other columns than the merge's (the Variable's
+    ``tag_columns`` changed during the run): one CSV has one header. Parts from before columns were
+    recorded have the contract's columns.
+    """
+    wanted = list(settings.columns)
+    other = [
+        str(d["account"]) for d in statuses if d.get("part_key") and d.get("columns", list(COLUMNS)) != wanted
+    ]
+    if other:
+        raise ConfigError(
+            "tag_columns",
+            f"changed during this run: the parts of {', '.join(other[:20])} were scanned with other columns "
+            "than the merge's; clear those accounts' scan tasks (or rerun the date) so every part has the "
+            "same columns",
+        )
 
 
 # The fixed-name CSV's metadata key naming the commit it is a copy of (how a later attempt sees that the
@@ -421,7 +460,7 @@ def _write_commit(
     view = store.for_commit(run.ds, folder)
     csv_key = view.layout.snapshot(run.ds, CSV_NAME)
     with spool() as csv_file:
-        sha256 = store.merge_parts(parts, csv_file)
+        sha256 = store.merge_parts(parts, csv_file, settings.columns)
         size = csv_file.seek(0, io.SEEK_END)
         csv_file.seek(0)
         manifest["csv_key"] = csv_key
@@ -464,6 +503,7 @@ def commit_snapshot(
     Commit the run's snapshot: its objects under the attempt's own commit folder first (a failed attempt
     changes nothing a reader of the manifest sees), then the date's manifest, which commits them.
     """
+    check_part_columns(settings, statuses)
     _write_commit(settings, run, store, manifest, [d["part_key"] for d in statuses if d.get("part_key")])
     # The snapshot this one replaces keeps its objects until the date's next commit: a reader who resolved
     # the old manifest a moment ago can still fetch what it names.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from include.cmdb_inventory.contract import COLUMNS
+from include.cmdb_inventory.contract import COLUMNS, LIST_SEPARATOR
+
+if TYPE_CHECKING:
+    from include.cmdb_inventory.config import Account
 
 # OWASP: a cell starting with one of these is read as a formula by spreadsheets.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -30,17 +33,63 @@ def _tags(instance: Mapping[str, Any]) -> dict[str, str]:
     return {str(t.get("Key", "")): str(t.get("Value", "")) for t in instance.get("Tags") or []}
 
 
+def joined(values: Iterable[Any]) -> str:
+    """A list cell (``contract.LIST_COLUMNS``): the values, sorted, ``;``-joined."""
+    return LIST_SEPARATOR.join(sorted({str(v) for v in values if v}))
+
+
+def lifecycle(instance: Mapping[str, Any]) -> str:
+    """``spot``, ``scheduled`` or ``capacity-block`` as EC2 says; EC2 leaves it out for ``on-demand``."""
+    return str(instance.get("InstanceLifecycle") or "on-demand")
+
+
+def imds_v2_required(instance: Mapping[str, Any]) -> str:
+    """``true`` when IMDSv2 is required (``HttpTokens`` ``required``), ``false`` when optional, else empty."""
+    tokens = (instance.get("MetadataOptions") or {}).get("HttpTokens")
+    return {"required": "true", "optional": "false"}.get(str(tokens or ""), "")
+
+
+def tag_column_values(
+    tags: Mapping[str, str], tag_columns: Sequence[tuple[str, Sequence[str]]]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """
+    The configured tag columns' cells: each the value of the first of its keys present in ``tags`` (keys
+    compared case-sensitively; an empty value counts as present). Also returns, per column, the key that
+    gave the value (columns without a match are absent there).
+    """
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for column, keys in tag_columns:
+        values[column] = ""
+        for key in keys:
+            if key in tags:
+                values[column], sources[column] = tags[key], key
+                break
+    return values, sources
+
+
 def instance_record(
-    account_id: str, account_name: str, region: str, instance: Mapping[str, Any], collected_at: str
-) -> Record:
-    """One instance from ``DescribeInstances`` as a flat record of strings, in CSV column order."""
+    account: Account,
+    region: str,
+    instance: Mapping[str, Any],
+    collected_at: str,
+    reservation: Mapping[str, Any] | None = None,
+    tag_columns: Sequence[tuple[str, Sequence[str]]] = (),
+) -> tuple[Record, dict[str, str]]:
+    """
+    One instance from ``DescribeInstances`` (and its reservation) as a flat record of strings, in column
+    order, the configured tag columns last; and which tag key gave each tag column its value.
+    """
     tags = _tags(instance)
-    return {
-        "Account": account_id,
+    reservation = reservation or {}
+    placement = instance.get("Placement") or {}
+    tag_values, sources = tag_column_values(tags, tag_columns)
+    record = {
+        "Account": account.id,
         "Region": region,
         "InstanceId": str(instance.get("InstanceId", "")),
         "Name": tags.get("Name", ""),
-        "AccountName": account_name,
+        "AccountName": account.name,
         "AvailabilityZone": str((instance.get("Placement") or {}).get("AvailabilityZone", "")),
         "State": str((instance.get("State") or {}).get("Name", "")),
         "InstanceType": str(instance.get("InstanceType", "")),
@@ -53,7 +102,31 @@ def instance_record(
         "LaunchTime": iso_utc(instance.get("LaunchTime")),
         "Tags": json.dumps(tags, ensure_ascii=False, sort_keys=True, separators=(",", ":")),
         "CollectedAt": collected_at,
+        "PlatformDetails": str(instance.get("PlatformDetails") or ""),
+        "Architecture": str(instance.get("Architecture") or ""),
+        "InstanceLifecycle": lifecycle(instance),
+        "Tenancy": str(placement.get("Tenancy") or ""),
+        "IamInstanceProfileArn": str((instance.get("IamInstanceProfile") or {}).get("Arn") or ""),
+        "SecurityGroupIds": joined(g.get("GroupId") for g in instance.get("SecurityGroups") or []),
+        "EbsVolumeIds": joined(
+            (m.get("Ebs") or {}).get("VolumeId") for m in instance.get("BlockDeviceMappings") or []
+        ),
+        "KeyName": str(instance.get("KeyName") or ""),
+        "ImdsV2Required": imds_v2_required(instance),
+        "PrivateDnsName": str(instance.get("PrivateDnsName") or ""),
+        "Ipv6Addresses": joined(
+            a.get("Ipv6Address")
+            for interface in instance.get("NetworkInterfaces") or []
+            for a in interface.get("Ipv6Addresses") or []
+        ),
+        "OutpostArn": str(instance.get("OutpostArn") or ""),
+        "ReservationId": str(reservation.get("ReservationId") or ""),
+        "OwnerId": str(reservation.get("OwnerId") or ""),
+        "AccountOuPath": account.ou_path,
+        "AccountTags": account.tags_json if (account.ou_path or account.tags) else "",
+        **tag_values,
     }
+    return record, sources
 
 
 def neutralise(value: str) -> str:
@@ -64,9 +137,9 @@ def neutralise(value: str) -> str:
     return value
 
 
-def csv_row(record: Mapping[str, str]) -> list[str]:
+def csv_row(record: Mapping[str, str], columns: Sequence[str] = COLUMNS) -> list[str]:
     """The CSV cells of a record, neutralised, in column order."""
-    return [neutralise(record.get(column, "")) for column in COLUMNS]
+    return [neutralise(record.get(column, "")) for column in columns]
 
 
 def sort_key(record: Mapping[str, str]) -> tuple[str, str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,30 +37,45 @@ class AccountScan:
     records: list[Record] = field(default_factory=list)
     regions_source: str = ""
     note: str = ""
+    # Per tag column, which tag key gave the instances their value ("" counts those with none of the keys).
+    tag_sources: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def count_sources(
+        self, tag_columns: Sequence[tuple[str, Sequence[str]]], found: list[dict[str, str]]
+    ) -> None:
+        """Add one region's tag-column sources (one entry per instance) to :attr:`tag_sources`."""
+        for column, _ in tag_columns:
+            counts = self.tag_sources.setdefault(column, {})
+            for sources in found:
+                key = sources.get(column, "")
+                counts[key] = counts.get(key, 0) + 1
 
 
 def scan_region(
     ec2: BaseClient,
-    account_id: str,
-    account_name: str,
+    account: Account,
     region: str,
     states: tuple[str, ...],
     collected_at: str,
-) -> list[Record]:
-    """Every instance of one region in the given states, through the paginator, sorted by id."""
+    tag_columns: Sequence[tuple[str, Sequence[str]]] = (),
+) -> list[tuple[Record, dict[str, str]]]:
+    """
+    Every instance of one region in the given states, through the paginator, sorted by id: each record
+    with the tag key each tag column's value came from.
+    """
     paginator = ec2.get_paginator("describe_instances")
     pages = paginator.paginate(
         Filters=[{"Name": "instance-state-name", "Values": list(states)}],
         PaginationConfig={"PageSize": PAGE_SIZE},
     )
-    records = [
-        instance_record(account_id, account_name, region, instance, collected_at)
+    found = [
+        instance_record(account, region, instance, collected_at, reservation, tag_columns)
         for page in pages
         for reservation in page.get("Reservations", [])
         for instance in reservation.get("Instances", [])
     ]
-    records.sort(key=lambda r: r["InstanceId"])
-    return records
+    found.sort(key=lambda r: r[0]["InstanceId"])
+    return found
 
 
 def scan_regions(
@@ -71,6 +87,7 @@ def scan_regions(
     states: tuple[str, ...],
     collected_at: str,
     threads: int = 8,
+    tag_columns: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> AccountScan:
     """
     Scan one account's regions: assume its role, plan its regions, list each (in parallel, paginated).
@@ -94,10 +111,10 @@ def scan_regions(
     result.regions.extend({**s, "instances": 0} for s in plan.skipped)
     log.info("Account %s: scanning %d regions (%s)", account.label, len(plan.scan), plan.source)
 
-    def listing(region: str) -> list[Record]:
-        return scan_region(hook.client("ec2", region), account.id, account.name, region, states, collected_at)
+    def listing(region: str) -> list[tuple[Record, dict[str, str]]]:
+        return scan_region(hook.client("ec2", region), account, region, states, collected_at, tag_columns)
 
-    def one(region: str) -> tuple[str, list[Record] | None, dict[str, str] | None]:
+    def one(region: str) -> tuple[str, list[tuple[Record, dict[str, str]]] | None, dict[str, str] | None]:
         session = ""
         try:
             session = hook.session_key()
@@ -120,7 +137,8 @@ def scan_regions(
 
     for region, records, error in outcomes:
         if error is None and records is not None:
-            result.records.extend(records)
+            result.records.extend(record for record, _ in records)
+            result.count_sources(tag_columns, [sources for _, sources in records])
             result.regions.append({"region": region, "status": OK, "instances": len(records)})
         else:
             assert error is not None  # noqa: S101 - one of the two is always set

@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from copy import copy as shallow_copy
@@ -46,14 +46,19 @@ class BucketOwnerError(RuntimeError):
     """The output bucket is not owned by the expected account."""
 
 
-def rows_to_csv(rows: Iterable[Record], out: IO[str], header: bool = True) -> int:
-    """Write records as RFC 4180 CSV (CRLF, minimal quoting, neutralised cells); return the row count."""
+def rows_to_csv(
+    rows: Iterable[Record], out: IO[str], header: bool = True, columns: Sequence[str] = COLUMNS
+) -> int:
+    """
+    Write records as RFC 4180 CSV (CRLF, minimal quoting, neutralised cells) in ``columns`` (the contract's,
+    then the configured tag columns); return the row count.
+    """
     writer = csv.writer(out, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
     if header:
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
     count = 0
     for row in rows:
-        writer.writerow(csv_row(row))
+        writer.writerow(csv_row(row, columns))
         count += 1
     return count
 
@@ -304,10 +309,10 @@ class SnapshotStore:
         """Delete one object (no error when there is none)."""
         self.s3.delete_object(Bucket=self.bucket, Key=key, **self.owner_args)
 
-    def write_part(self, key: str, records: Iterable[Record]) -> int:
+    def write_part(self, key: str, records: Iterable[Record], columns: Sequence[str] = COLUMNS) -> int:
         """Write one account's rows as a gzip CSV fragment (no header); return the row count."""
         text = io.StringIO()
-        count = rows_to_csv(records, text, header=False)
+        count = rows_to_csv(records, text, header=False, columns=columns)
         body = gzip.compress(text.getvalue().encode("utf-8"), compresslevel=5, mtime=0)
         self.put_bytes(key, body, "text/csv", ContentEncoding="gzip")
         return count
@@ -345,7 +350,7 @@ class SnapshotStore:
         buffer.seek(0)
         return buffer
 
-    def merge_parts(self, part_keys: Iterable[str], out: IO[bytes]) -> str:
+    def merge_parts(self, part_keys: Iterable[str], out: IO[bytes], columns: Sequence[str] = COLUMNS) -> str:
         """
         Header plus every part in order into ``out``; return the SHA-256 of what was written.
 
@@ -359,7 +364,7 @@ class SnapshotStore:
             out.write(data)
 
         header = io.StringIO()
-        rows_to_csv([], header)
+        rows_to_csv([], header, columns=columns)
         write(header.getvalue().encode("utf-8"))
         keys = iter(part_keys)
         with ThreadPoolExecutor(max_workers=PART_PREFETCH, thread_name_prefix="merge-prefetch") as pool:

@@ -121,7 +121,7 @@ def expected_tags(instance: dict[str, Any]) -> dict[str, str]:
 def test_csv_parses_back_to_one_row_per_instance_with_neutralised_cells(
     account_name: str, found: list[dict[str, Any]]
 ) -> None:
-    records = [instance_record(ACCOUNT, account_name, REGION, i, COLLECTED) for i in found]
+    records = [instance_record(Account(ACCOUNT, account_name), REGION, i, COLLECTED)[0] for i in found]
     out = io.StringIO()
     assert rows_to_csv(records, out) == len(found)
     header, *rows = parse(out.getvalue())
@@ -178,7 +178,7 @@ def test_parts_merge_into_exactly_one_row_per_instance(s3: Any, accounts: list[A
     for n, (name, found) in enumerate(accounts):
         account_id = f"{n + 1:012d}"
         records = sorted(
-            (instance_record(account_id, name, REGION, i, COLLECTED) for i in found),
+            (instance_record(Account(account_id, name), REGION, i, COLLECTED)[0] for i in found),
             key=lambda r: r["InstanceId"],
         )
         key = store.layout.part(store.layout.staging("2026-11-20", "property"), account_id)

@@ -40,8 +40,7 @@ def tricky_records(count: int, account: Account = A, region: str = REGION) -> li
     return sorted(
         (
             instance_record(
-                account.id,
-                account.name,
+                Account(account.id, account.name),
                 region,
                 {
                     "InstanceId": f"i-{n:08d}",
@@ -55,7 +54,7 @@ def tricky_records(count: int, account: Account = A, region: str = REGION) -> li
                     ],
                 },
                 "2026-11-20T02:00:07Z",
-            )
+            )[0]
             for n in range(count)
         ),
         key=sort_key,

@@ -51,8 +51,7 @@ def run_info(run_id: str = "scheduled__2024-03-01T00:00:00+00:00", ds: str = DS)
 def records_for(account: Account, region: str, count: int, tag: str = "") -> list[Record]:
     return [
         instance_record(
-            account.id,
-            account.name,
+            Account(account.id, account.name),
             region,
             {
                 "InstanceId": f"i-{account.id[:3]}{n:05d}{tag}",
@@ -62,7 +61,7 @@ def records_for(account: Account, region: str, count: int, tag: str = "") -> lis
                 "Tags": [{"Key": "Name", "Value": f'=host {n}, "{region}"{tag}'}],
             },
             "2024-03-01T01:00:00Z",
-        )
+        )[0]
         for n in range(count)
     ]
 

@@ -109,8 +109,7 @@ def night(store: SnapshotStore, ds: str, version: int) -> dict[str, Any]:
     records = sorted(
         (
             instance_record(
-                ACCOUNT.id,
-                ACCOUNT.name,
+                Account(ACCOUNT.id, ACCOUNT.name),
                 REGION,
                 {
                     "InstanceId": f"i-{n:017x}",
@@ -121,7 +120,7 @@ def night(store: SnapshotStore, ds: str, version: int) -> dict[str, Any]:
                     ],
                 },
                 f"{ds}T02:00:00Z",
-            )
+            )[0]
             for n in range(INSTANCES)
         ),
         key=sort_key,

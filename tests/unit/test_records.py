@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from include.cmdb_inventory.config import Account
 from include.cmdb_inventory.contract import COLUMNS
 from include.cmdb_inventory.records import (
     FORMULA_TRIGGERS,
@@ -75,7 +76,7 @@ def described_instance(**overrides: Any) -> dict[str, Any]:
 
 
 def record_of(instance: Mapping[str, Any], name: str = "payments-prod") -> Record:
-    return instance_record(ACCOUNT, name, REGION, instance, COLLECTED_AT)
+    return instance_record(Account(ACCOUNT, name), REGION, instance, COLLECTED_AT)[0]
 
 
 def csv_text(records: Sequence[Record], header: bool = True) -> str:

@@ -50,8 +50,7 @@ def settings_for(**extra: Any) -> Any:
 def records(account: Account, region: str, servers: Sequence[tuple[str, str, str]], ds: str) -> list[Record]:
     return [
         instance_record(
-            account.id,
-            account.name,
+            Account(account.id, account.name),
             region,
             {
                 "InstanceId": instance,
@@ -60,7 +59,7 @@ def records(account: Account, region: str, servers: Sequence[tuple[str, str, str
                 "Tags": [{"Key": "Name", "Value": name}],
             },
             f"{ds}T02:00:00Z",
-        )
+        )[0]
         for instance, name, state in servers
     ]
 
