@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
 
 from include.cmdb_inventory.alerts import TaskFailureNotifier, deadline_alert
+from include.cmdb_inventory.approval import RemovalApprovalOperator
 from include.cmdb_inventory.assets import SNAPSHOT_ALIAS
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ RETRY_DELAY = timedelta(seconds=int(os.environ.get("CMDB_EC2_INVENTORY_RETRY_DEL
 # 0 turns the alert off. Its topic is fixed here: deadline callbacks cannot read Variables from the DB.
 DEADLINE_MINUTES = float(os.environ.get("CMDB_EC2_INVENTORY_DEADLINE_MINUTES", "240"))
 ALERT_TOPIC_ARN = os.environ.get("CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN") or None
+# How long a snapshot held by the mass-removal guard waits for a person before it counts as rejected.
+APPROVAL_TIMEOUT = timedelta(hours=float(os.environ.get("CMDB_EC2_INVENTORY_APPROVAL_TIMEOUT_HOURS", "20")))
 
 
 @dag(
@@ -124,6 +127,8 @@ def cmdb_ec2_inventory() -> None:
     scanned >> summary
     accounts >> summary  # merge reads resolve_accounts' plan (expected accounts) itself
     notify_cmdb(summary) >> check_coverage(summary)
+    # Asks a person only when the mass-removal guard holds this run's snapshot; skipped otherwise.
+    summary >> RemovalApprovalOperator(task_id="approve_removals", response_timeout=APPROVAL_TIMEOUT)
 
 
 cmdb_ec2_inventory()

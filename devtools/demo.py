@@ -3,8 +3,9 @@
 
 Starts moto's server on 127.0.0.1, seeds the 2015 blog's organisation (payer 111111111111 and three
 linked accounts, each with CMDBDiscovery; the payer's CMDBApplication as the hub identity), runs the DAG
-once with Airflow's test runner, and prints the CSV's URI, its first rows, the coverage and the
-notification as read back from the CMDB team's queue. The CSV and manifest are copied to demo-output/.
+once with Airflow's test runner, and prints the CSV's URI, its first rows (a few columns), its first row in
+full (every column), the coverage and the notification as read back from the CMDB team's queue. The CSV
+and manifest are copied to demo-output/.
 """
 
 from __future__ import annotations
@@ -25,6 +26,42 @@ from devtools.world import PAYER, session_in
 def _client(service: str, endpoint_url: str) -> object:
     session = session_in(endpoint_url, PAYER)
     return session.client(service, endpoint_url=endpoint_url)
+
+
+# A few columns for the table of the first rows: the 2015 script's, then some of schema 2's.
+TABLE_COLUMNS = (
+    "Account",
+    "Region",
+    "InstanceId",
+    "Name",
+    "State",
+    "InstanceLifecycle",
+    "ImdsV2Required",
+    "SecurityGroupIds",
+)
+CELL_WIDTH = 24
+
+
+def _cell(value: str, width: int = CELL_WIDTH) -> str:
+    """One cell on one line, cut with an ellipsis so that the table stays readable."""
+    value = value.replace("\r", " ").replace("\n", " ")
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """The first rows' :data:`TABLE_COLUMNS` (those in the header) as an aligned text table."""
+    shown = [c for c in TABLE_COLUMNS if c in header]
+    cells = [[_cell(row[header.index(c)]) for c in shown] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(shown)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join("  " + line.rstrip() for line in lines)
+
+
+def _every_column(header: list[str], row: list[str]) -> str:
+    """One row as ``column: value`` lines, every column (the tag columns too), empty cells as ``-``."""
+    width = max(len(c) for c in header)
+    return "\n".join(f"  {c.ljust(width)}  {_cell(v, 100) or '-'}" for c, v in zip(header, row, strict=True))
 
 
 def main(output_dir: Path = sandbox.ROOT / "demo-output", rows: int = 12) -> int:
@@ -55,11 +92,14 @@ def main(output_dir: Path = sandbox.ROOT / "demo-output", rows: int = 12) -> int
         (output_dir / "ec2_inventory.csv").write_bytes(body)
         (output_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-        table = list(csv.reader(io.StringIO(body.decode("utf-8"))))
+        header, *records = list(csv.reader(io.StringIO(body.decode("utf-8"), newline="")))
         print(f"\nCSV: s3://{bucket}/{prefix}/ec2_inventory.csv  ({manifest['row_count']} rows)")
         print(f"     committed by the manifest as {manifest['csv_uri']}")
-        for row in table[: rows + 1]:
-            print("  " + ",".join(row[:8]))
+        print(f"     schema {manifest['schema_version']}, {len(header)} columns")
+        print(_table(header, records[:rows]))
+        if records:
+            print("\nThe first row, every column:")
+            print(_every_column(header, records[0]))
         print("\nCoverage:")
         print(
             f"  complete={manifest['complete']}  accounts {manifest['accounts_covered']}/"

@@ -258,6 +258,7 @@ def seed_organization(
     world: World,
     ous: dict[str, list[str]] | None = None,
     suspended: Iterable[str] = (),
+    tags: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """
     Create ``world`` as an AWS Organization on moto, with the payer (:data:`PAYER`) as management account.
@@ -265,7 +266,8 @@ def seed_organization(
     moto chooses new accounts' ids itself, so every other account is created under a new id: build the
     returned ``world`` (re-keyed, same names and servers). ``ous`` maps OU paths (``"Workloads/Prod"``;
     parents are created as needed) to the world's account ids moved there; ``suspended`` are world account
-    ids closed (moto makes them ``SUSPENDED`` at once). Returns ``world``, ``ids`` (world id -> organisation
+    ids closed (moto makes them ``SUSPENDED`` at once); ``tags`` maps world account ids to their account
+    tags (TagResource, what ListTagsForResource answers). Returns ``world``, ``ids`` (world id -> organisation
     id), ``ous`` (path -> OU id) and ``root_id``.
     """
     org = session_in(endpoint_url, PAYER).client("organizations", endpoint_url=endpoint_url)
@@ -293,6 +295,10 @@ def seed_organization(
             parent = ou_ids[sub]
         for account_id in (ous or {})[path]:
             org.move_account(AccountId=ids[account_id], SourceParentId=root_id, DestinationParentId=parent)
+    for account_id, account_tags in (tags or {}).items():
+        org.tag_resource(
+            ResourceId=ids[account_id], Tags=[{"Key": k, "Value": v} for k, v in account_tags.items()]
+        )
     for account_id in suspended:
         org.close_account(AccountId=ids[account_id])
 

@@ -12,9 +12,12 @@ plain Asset outlet would emit an event on every successful run).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, AssetAlias
+
+from include.cmdb_inventory import guard
 
 if TYPE_CHECKING:
     from include.cmdb_inventory.contract import RunSummary
@@ -41,7 +44,7 @@ EXTRA_KEYS = (
 )
 
 
-def event_extra(summary: RunSummary) -> dict[str, Any]:
+def event_extra(summary: RunSummary | Mapping[str, Any]) -> dict[str, Any]:
     """The asset event's ``extra``: where the snapshot is and what it covers (JSON values only)."""
     extra = {
         "csv_uri": summary["csv_uri"],
@@ -60,9 +63,14 @@ def event_extra(summary: RunSummary) -> dict[str, Any]:
     return {k: extra[k] for k in EXTRA_KEYS}
 
 
-def emit_snapshot_event(outlet_events: Any, summary: RunSummary) -> bool:
-    """Add the snapshot's asset event through the alias when the run wrote the snapshot; say whether."""
+def emit_snapshot_event(outlet_events: Any, summary: RunSummary | Mapping[str, Any]) -> bool:
+    """
+    Add the snapshot's asset event through the alias when the run wrote the snapshot and the mass-removal
+    guard does not hold it (then the approval sends it); say whether.
+    """
     if not summary.get("written"):  # a preflight's summary is never "written" either
+        return False
+    if guard.is_held(summary):
         return False
     outlet_events[SNAPSHOT_ALIAS].add(SNAPSHOT, extra=event_extra(summary))
     return True

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from include.cmdb_inventory import contract
+from include.cmdb_inventory import contract, guard
 from include.cmdb_inventory.aws.redaction import scrub
 from include.cmdb_inventory.contract import CHANGES_NAME, MANIFEST_NAME
 from include.cmdb_inventory.records import Record, neutralise
@@ -326,6 +326,11 @@ def find_previous(
         manifest = document.body
         if document.unusable:
             unusable.append(f"{candidate}, whose manifest.json is unusable ({document.unusable})")
+        elif manifest and not guard.may_publish(manifest):
+            # A snapshot held by the mass-removal guard (or rejected) is not a baseline: comparing with it
+            # would let the next night's snapshot repeat its removals without anyone approving them.
+            state = (manifest.get("removal_guard") or {}).get("state")
+            unusable.append(f"{candidate}, whose snapshot is {state} by the mass-removal guard")
         elif manifest and manifest.get("complete") is True and manifest.get("csv_key"):
             skipped = f"; skipped {'; '.join(unusable)}" if unusable else ""
             return manifest, (
@@ -401,6 +406,7 @@ def write_changes(
         "previous_ds": None,
         "previous_run_id": None,
         "previous_csv_key": None,
+        "previous_rows": 0,  # the previous snapshot's instances (what the removal guard measures against)
         "key": key,
         "uri": store.uri(key),
         "columns": list(CHANGE_COLUMNS),
@@ -414,6 +420,7 @@ def write_changes(
                 previous_ds=previous.get("ds"),
                 previous_run_id=previous.get("dag_run_id"),
                 previous_csv_key=previous.get("csv_key"),
+                previous_rows=int(previous.get("row_count") or 0),
             )
             try:
                 with spool() as previous_csv:

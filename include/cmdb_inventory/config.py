@@ -125,7 +125,7 @@ class Settings:
     source_identity: str | None = None
     session_tags: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
     parquet: bool = False  # also write the snapshot as Parquet (formats.py)
-    # Extra columns from instance tags: (column, tag keys in order); the first key an instance has wins.
+    # Extra columns from instance tags: (column, tag keys in order); the first key with a value wins.
     tag_columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
     servicenow: bool = False  # also write the ServiceNow IRE payload (servicenow.py)
     # More REMOVED than this share of the previous complete snapshot's instances: latest/ waits for a person.
@@ -339,7 +339,8 @@ def _region_list(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
 def _tag_columns(raw: Mapping[str, Any], key: str = "tag_columns") -> tuple[tuple[str, tuple[str, ...]], ...]:
     """
     ``{"Owner": ["owner", "Owner", "team"], ...}``: each column (a new CSV column after the contract's)
-    holds the value of the first of its tag keys an instance has (keys compared case-sensitively).
+    holds the value of the first of its tag keys an instance has with a non-empty value (keys compared
+    case-sensitively; records.tag_column_values).
     """
     from include.cmdb_inventory.contract import COLUMNS
 

@@ -53,6 +53,8 @@ COLUMNS: tuple[str, ...] = (
     "AccountOuPath",
     "AccountTags",
 )
+# The columns of schema 1: a part or CSV written before schema 2 has exactly these.
+SCHEMA_1_COLUMNS: tuple[str, ...] = COLUMNS[: COLUMNS.index("CollectedAt") + 1]
 # Columns holding several values: ``;``-joined (sorted) in the CSV, lists of strings in Parquet.
 LIST_COLUMNS: tuple[str, ...] = ("SecurityGroupIds", "EbsVolumeIds", "Ipv6Addresses")
 LIST_SEPARATOR = ";"
@@ -251,6 +253,14 @@ class RemovalGuard(TypedDict):
     decided_at: NotRequired[str]
 
 
+class OrganizationContext(TypedDict):
+    """The manifest's ``organization_context``: what AWS Organizations told about the expected accounts."""
+
+    ou_paths: bool  # each account found in the organisation has its ``ou_path`` (``Root/Workloads/Prod``)
+    tags: bool  # its account tags were read (ListTagsForResource, an optional permission)
+    tags_error: NotRequired[str]  # why they were not: the AWS error code and message (AccessDeniedException)
+
+
 class Manifest(TypedDict):
     """
     ``ds=YYYY-MM-DD/manifest.json`` (and ``latest/manifest.json``): the snapshot's commit point and its
@@ -278,8 +288,9 @@ class Manifest(TypedDict):
     accounts: list[ManifestAccount]
     coverage: list[LedgerEntry]
     accounts_source: str
-    expected_accounts: list[dict[str, str]]  # {"id", "name", "source"}
+    expected_accounts: list[dict[str, Any]]  # {"id", "name", "source"}, with Organizations "ou_path", "tags"
     accounts_not_scanned: list[dict[str, str]]  # {"id", "name", "state", "reason"}
+    organization_context: NotRequired[OrganizationContext]  # when Organizations was asked
     csv_sha256: NotRequired[str]
     csv_bytes: NotRequired[int]
     commit_id: NotRequired[str]
@@ -298,9 +309,10 @@ class Plan(TypedDict):
     """What ``resolve_accounts`` decided for the run (its XCom ``plan``, read by the merge)."""
 
     expected: list[dict[str, str]]  # the accounts this run scans (``Account.to_dict``)
-    expected_accounts: list[dict[str, str]]  # the whole expected set, each with its source
+    expected_accounts: list[dict[str, Any]]  # the whole expected set, each with its source
     not_scanned: list[dict[str, str]]
     accounts_source: str
+    organization_context: NotRequired[OrganizationContext | None]
     skip_reason: str | None  # why nothing is scanned (the date is already complete), if so
 
 

@@ -11,12 +11,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
-from include.cmdb_inventory import changes, contract, coverage, formats, notify
+from include.cmdb_inventory import changes, contract, coverage, formats, guard, notify, servicenow
 from include.cmdb_inventory.aws import errors
 from include.cmdb_inventory.aws.hooks import role_session_name
 from include.cmdb_inventory.config import Account, ConfigError, Settings
 from include.cmdb_inventory.contract import (
-    COLUMNS,
     CSV_NAME,
     MANIFEST_NAME,
     NOT_REQUESTED,
@@ -28,6 +27,7 @@ from include.cmdb_inventory.contract import (
     Plan,
     PublishedFile,
     RegionStatus,
+    RemovalGuard,
     Resolved,
     RunSummary,
     TagColumn,
@@ -43,6 +43,7 @@ from include.cmdb_inventory.storage import (
     snapshot_rank,
     spool,
 )
+from include.cmdb_inventory.text import clean as clean_text
 
 if TYPE_CHECKING:
     from include.cmdb_inventory.aws.hooks import CrossAccountHook
@@ -94,7 +95,8 @@ def requested_accounts(settings: Settings, found: Discovery) -> list[Account]:
             f"accounts (from {found.source}): the accounts param only picks accounts from the Variable's "
             "accounts or the organizations scope; nothing was scanned or written",
         )
-    return [Account(id=a.id, name=expected[a.id].name or a.name) for a in settings.accounts]
+    # The expected account as discovered (its OU path and tags too), named as the Param names it if blank.
+    return [replace(expected[a.id], name=expected[a.id].name or a.name) for a in settings.accounts]
 
 
 def resolve_accounts(
@@ -132,6 +134,7 @@ def resolve_accounts(
         "expected_accounts": found.expected(),
         "not_scanned": found.not_scanned,
         "accounts_source": found.source,
+        "organization_context": found.organization_context,
         "skip_reason": None,
     }
     existing = None if preflight else store.get_json(store.layout.snapshot(run.ds, MANIFEST_NAME))
@@ -368,7 +371,7 @@ def build_manifest(
     listed = plan.get("expected_accounts") or [
         {"id": a.id, "name": a.name, "source": "accounts"} for a in scope.accounts
     ]
-    return {
+    manifest: Manifest = {
         "schema_version": SCHEMA_VERSION,
         "dag_id": run.dag_id,
         "dag_run_id": run.run_id,
@@ -405,6 +408,10 @@ def build_manifest(
         "accounts_not_scanned": sorted(plan.get("not_scanned") or [], key=lambda a: a["id"]),
         "tag_columns": tag_column_sources(settings, statuses),
     }
+    # What Organizations told about the expected accounts (OU paths; tags, or why not), when it was asked.
+    if plan.get("organization_context"):
+        manifest["organization_context"] = plan["organization_context"]
+    return manifest
 
 
 def tag_column_sources(settings: Settings, statuses: Sequence[Mapping[str, Any]]) -> list[TagColumn]:
@@ -424,19 +431,21 @@ def tag_column_sources(settings: Settings, statuses: Sequence[Mapping[str, Any]]
 def check_part_columns(settings: Settings, statuses: Sequence[Mapping[str, Any]]) -> None:
     """
     Fail, naming the accounts, when a part was written with other columns than the merge's (the Variable's
-    ``tag_columns`` changed during the run): one CSV has one header. Parts from before columns were
-    recorded have the contract's columns.
+    ``tag_columns`` changed during the run, or the scans ran before an upgrade to schema 2): one CSV has one
+    header. A status without ``columns`` was written before schema 2: its part has schema 1's columns.
     """
     wanted = list(settings.columns)
     other = [
-        str(d["account"]) for d in statuses if d.get("part_key") and d.get("columns", list(COLUMNS)) != wanted
+        str(d["account"])
+        for d in statuses
+        if d.get("part_key") and d.get("columns", list(contract.SCHEMA_1_COLUMNS)) != wanted
     ]
     if other:
         raise ConfigError(
             "tag_columns",
-            f"changed during this run: the parts of {', '.join(other[:20])} were scanned with other columns "
-            "than the merge's; clear those accounts' scan tasks (or rerun the date) so every part has the "
-            "same columns",
+            f"the parts of {', '.join(other[:20])} were scanned with other columns than the merge's (the "
+            "tag_columns setting changed during this run, or the scans ran before an upgrade): clear those "
+            "accounts' scan tasks (or rerun the date) so every part has the same columns",
         )
 
 
@@ -479,6 +488,12 @@ def _write_commit(
         csv_file.seek(0)
         manifest["changes"] = changes.write_changes(view, run.ds, manifest, csv_file)
         csv_file.seek(0)
+        # The ServiceNow payload retires what changes.csv reports REMOVED. Without it, None: the date's
+        # fixed-name payload is then removed with the copies (``_published``), as Parquet's is.
+        manifest["servicenow"] = (
+            servicenow.write_payload(view, run.ds, manifest, csv_file) if settings.servicenow else None
+        )
+        csv_file.seek(0)
         # Athena's symlinks name the date's fixed-name copies: the same text every time, so writing them
         # before the commit changes nothing a reader sees (the copies follow the commit).
         fixed = {
@@ -505,10 +520,26 @@ def commit_snapshot(
     """
     check_part_columns(settings, statuses)
     _write_commit(settings, run, store, manifest, [d["part_key"] for d in statuses if d.get("part_key")])
+    manifest["removal_guard"] = assess_removals(settings, manifest)
     # The snapshot this one replaces keeps its objects until the date's next commit: a reader who resolved
     # the old manifest a moment ago can still fetch what it names.
     manifest["replaces_commit_prefix"] = (existing or {}).get("commit_prefix")
     store.put_json(store.layout.snapshot(run.ds, MANIFEST_NAME), manifest)
+
+
+def assess_removals(settings: Settings, manifest: Mapping[str, Any]) -> RemovalGuard:
+    """The mass-removal guard's verdict on a snapshot, from its change summary."""
+    summary = manifest.get("changes") or {}
+    compared = summary.get("status") == changes.COMPARED
+    verdict = guard.assess(
+        removed=int(summary.get("removed") or 0) if compared else 0,
+        previous_rows=int(summary.get("previous_rows") or 0) if compared else 0,
+        previous_ds=summary.get("previous_ds") if compared else None,
+        max_removed_fraction=settings.max_removed_fraction,
+    )
+    if verdict["state"] == contract.GUARD_HELD:
+        log.warning("Holding latest/ for %s: %s", manifest.get("ds"), verdict["reason"])
+    return verdict
 
 
 def _published(manifest: Mapping[str, Any]) -> list[PublishedFile]:
@@ -520,9 +551,11 @@ def _published(manifest: Mapping[str, Any]) -> list[PublishedFile]:
     if manifest.get("published"):
         return list(manifest["published"])
     changes_doc, parquet = manifest.get("changes") or {}, manifest.get("parquet") or {}
+    payload = manifest.get("servicenow") or {}
     return [
         {"name": contract.CHANGES_NAME, "key": changes_doc.get("key"), "bytes": changes_doc.get("bytes")},
         {"name": PARQUET_NAME, "key": parquet.get("key"), "bytes": parquet.get("bytes")},
+        {"name": contract.IRE_PAYLOAD_NAME, "key": payload.get("key"), "bytes": payload.get("bytes")},
         {"name": CSV_NAME, "key": manifest.get("csv_key"), "bytes": manifest.get("csv_bytes")},
     ]
 
@@ -595,9 +628,11 @@ def publish(
         and str(latest.get("ds", "")) == run.ds
         and [latest.get(k) for k in identity] != [snapshot.get(k) for k in identity]
     )
+    # A snapshot held by the mass-removal guard (or rejected) keeps its date's copies, never latest/.
+    to_latest = (newer or stale) and guard.may_publish(snapshot)
     if written or newer or stale or _unfinished(store, snapshot):
-        _refresh(store, snapshot, latest=newer or stale)
-        return newer or stale, _unusable(store, latest_doc)
+        _refresh(store, snapshot, latest=to_latest)
+        return to_latest, _unusable(store, latest_doc)
     return False, _unusable(store, latest_doc)
 
 
@@ -644,6 +679,7 @@ def summarise(
         "changes": current.get("changes"),
         "parquet_uri": store.uri(layout.snapshot(run.ds, PARQUET_NAME)) if current.get("parquet") else None,
         "unusable": unusable,
+        "removal_guard": current.get("removal_guard"),
     }
 
 
@@ -715,12 +751,102 @@ def merge_inventory(
 # --- notify and check -------------------------------------------------------------------------------------
 
 
-def notify_cmdb(settings: Settings, summary: RunSummary) -> Receipt:
+def notify_cmdb(settings: Settings, summary: RunSummary, approval_url: str | None = None) -> Receipt:
     """
     Publish the summary to the CMDB team's topic (or log it when no topic is configured); return a small
     receipt (the XCom): where it went, its subject, its size and SNS's message id, never the text itself.
+    ``approval_url``: where a person approves a snapshot the mass-removal guard holds.
     """
-    return notify.send(settings, notify.subject(summary), notify.message(summary))
+    return notify.send(settings, notify.subject(summary), notify.message(summary, approval_url))
+
+
+# --- the mass-removal guard's decision ---------------------------------------------------------------------
+
+
+class DecisionError(RuntimeError):
+    """The held snapshot can no longer be decided on (another run replaced the date's snapshot)."""
+
+
+def undecided_snapshot(store: SnapshotStore, run: RunInfo) -> Manifest | None:
+    """
+    The date's snapshot when it is this run's and waits for a person (HELD; or REJECTED, when an operator
+    clears the approval task to decide again); else ``None``: nothing to ask.
+    """
+    manifest = store.get_json(store.layout.snapshot(run.ds, MANIFEST_NAME))
+    if not manifest or manifest.get("dag_run_id") != run.run_id:
+        return None
+    state = guard.state_of(manifest)
+    return cast("Manifest", manifest) if state in (contract.GUARD_HELD, contract.GUARD_REJECTED) else None
+
+
+def approval_request(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    """The subject and body (Markdown) a person reads in the Airflow UI before approving or rejecting."""
+    held = manifest.get("removal_guard") or {}
+    changes_doc = manifest.get("changes") or {}
+    subject = f"EC2 inventory {manifest.get('ds')}: {held.get('removed')} instances would be REMOVED"
+    body = "\n".join(
+        [
+            f"**{clean_text(held.get('reason'))}**",
+            "",
+            f"- Snapshot: `{clean_text(manifest.get('csv_uri'))}` ({manifest.get('row_count')} instances)",
+            f"- Compared with: the snapshot of {clean_text(held.get('previous_ds'))} "
+            f"({held.get('previous_rows')} instances)",
+            f"- Every change: `{clean_text(changes_doc.get('uri'))}`",
+            "",
+            "**Approve**: latest/ becomes this snapshot and the snapshot Asset event is sent (imports run).",
+            "**Reject**: latest/ stays as it is; this snapshot stays under its date, and is never compared "
+            "with. Without an answer, the approval times out as Reject.",
+        ]
+    )
+    return subject, body
+
+
+def settle_removals(
+    settings: Settings, run: RunInfo, store: SnapshotStore, *, approved: bool, decided_by: str
+) -> dict[str, Any]:
+    """
+    A person's decision on the run's held snapshot: record it in the date's manifest; when approved,
+    publish ``latest/`` (if the date is still the newest) like a merge would. Returns what the asset event
+    and the notification need (``written`` true only when approved).
+    """
+    manifest = undecided_snapshot(store, run)
+    if manifest is None:
+        raise DecisionError(
+            f"the snapshot of {run.ds} is no longer run {run.run_id}'s held snapshot (another run replaced "
+            "it, or it was decided already): nothing to approve or reject"
+        )
+    manifest["removal_guard"] = guard.decided(
+        manifest["removal_guard"], approved=approved, by=decided_by, at=now_utc()
+    )
+    store.put_json(store.layout.snapshot(run.ds, MANIFEST_NAME), manifest)
+    latest_updated = False
+    if approved:
+        latest_updated, _ = publish(store, run, manifest, written=False)
+    state = manifest["removal_guard"]["state"]
+    log.warning("%s the snapshot of %s (by %s); latest/ moved: %s", state, run.ds, decided_by, latest_updated)
+    layout = store.layout
+    return {
+        "ds": run.ds,
+        "dag_run_id": run.run_id,
+        "written": approved,
+        "state": state,
+        "decided_by": decided_by,
+        "csv_uri": store.uri(layout.snapshot(run.ds, CSV_NAME)),
+        "manifest_uri": store.uri(layout.snapshot(run.ds, MANIFEST_NAME)),
+        "latest_uri": store.uri(layout.latest(CSV_NAME)),
+        "latest_updated": latest_updated,
+        "snapshot_complete": is_complete(manifest),
+        "row_count": manifest.get("row_count", 0),
+        "accounts_expected": manifest.get("accounts_expected", 0),
+        "accounts_covered": manifest.get("accounts_covered", 0),
+        "subset": bool(manifest.get("subset")),
+        "removal_guard": manifest["removal_guard"],
+    }
+
+
+def notify_decision(settings: Settings, decision: Mapping[str, Any]) -> Receipt:
+    """Tell the CMDB team what was decided on a held snapshot, and what ``latest/`` shows now."""
+    return notify.send(settings, notify.decision_subject(decision), notify.decision_message(decision))
 
 
 def check_coverage(summary: RunSummary) -> None:

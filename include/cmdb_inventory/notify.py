@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
+from include.cmdb_inventory.contract import GUARD_APPROVED, GUARD_HELD
 from include.cmdb_inventory.text import (
     ELLIPSIS,
     MAX_LINE_CHARS,
@@ -207,17 +208,51 @@ def _fit(head: Sequence[str], parts: Sequence[_Listing]) -> str:
     return cut_published("\n".join(lines), MAX_MESSAGE_BYTES)
 
 
+# The approval task of the inventory DAG (its id; the Airflow UI's Required Actions lists it).
+APPROVAL_TASK_ID = "approve_removals"
+
+
+def _held(summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    guard = summary.get("removal_guard")
+    return guard if isinstance(guard, Mapping) and guard.get("state") == GUARD_HELD else None
+
+
 def subject(summary: RunSummary) -> str:
     """A short subject line: shorter than SNS allows (``SNS_SUBJECT_MAX``), no control characters."""
     state = "complete" if summary.get("snapshot_complete") else "INCOMPLETE"
+    if _held(summary):
+        state = "HELD for approval"
     text = f"EC2 inventory {clean(summary['ds'])}: {clean(summary['row_count'])} instances, {state}"
     return clean(text, SNS_SUBJECT_MAX - 1)
 
 
-def message(summary: RunSummary) -> str:
+def guard_lines(summary: Mapping[str, Any], approval_url: str | None = None) -> list[str]:
+    """What the mass-removal guard holds and why, and where a person decides (none when nothing is held)."""
+    held = _held(summary)
+    if held is None:
+        return []
+    run_id = clean(summary["dag_run_id"], MAX_TEXT_CHARS)
+    where = (
+        clean(approval_url, MAX_TEXT_CHARS)
+        if approval_url
+        else f"the Airflow UI: Browse > Required Actions, DAG run {run_id}, task {APPROVAL_TASK_ID}"
+    )
+    return [
+        "",
+        "HELD:     latest/ and the snapshot Asset event wait for a person to approve this snapshot.",
+        f"Why:      {clean(held.get('reason'), MAX_TEXT_CHARS)}",
+        f"Decide:   approve or reject it in {where}",
+        "          Rejecting leaves latest/ as it is; the snapshot stays under its date "
+        f"({clean(summary['csv_uri'], MAX_TEXT_CHARS)}). Without an answer it is rejected when the "
+        "approval times out.",
+    ]
+
+
+def message(summary: RunSummary, approval_url: str | None = None) -> str:
     """
-    Where the CSV is, what it holds and covers, each gap with its reason and the first changes, as many as
-    fit in :data:`MAX_MESSAGE_BYTES` (the rest counted, with where to find them).
+    Where the CSV is, what it holds and covers, what the mass-removal guard holds (and where to decide),
+    each gap with its reason and the first changes, as many as fit in :data:`MAX_MESSAGE_BYTES` (the rest
+    counted, with where to find them).
     """
     lines = [f"EC2 inventory for {summary['ds']} (run {summary['dag_run_id']})", ""]
     if summary.get("written"):
@@ -241,6 +276,7 @@ def message(summary: RunSummary) -> str:
         lines.append(f"Latest:   {summary['latest_uri']}")
     if summary.get("parquet_uri"):
         lines.append(f"Parquet:  {summary['parquet_uri']}")
+    lines += guard_lines(summary, approval_url)
     # A manifest the merge could not use (not JSON, not an object): the team learns which, and why.
     for document in (summary.get("unusable") or [])[:MAX_GAPS_LISTED]:
         uri, problem = clean(document.get("uri"), MAX_TEXT_CHARS), clean(document.get("problem"))
@@ -258,6 +294,31 @@ def message(summary: RunSummary) -> str:
         items = [_gap_line(g) for g in gaps[:MAX_GAPS_LISTED]]
         parts.append(_Listing(["", f"Not covered ({gap_count}):"], items, more_gaps, 0))
     return _fit(lines, parts)
+
+
+def decision_subject(decision: Mapping[str, Any]) -> str:
+    """The subject of the notification of a decision on a held snapshot."""
+    return clean(f"EC2 inventory {clean(decision['ds'])}: removals {decision['state']}", SNS_SUBJECT_MAX - 1)
+
+
+def decision_message(decision: Mapping[str, Any]) -> str:
+    """What was decided on a snapshot the mass-removal guard held, by whom, and what latest/ shows now."""
+    ds, run_id = clean(decision["ds"]), clean(decision["dag_run_id"], MAX_TEXT_CHARS)
+    if decision.get("latest_updated"):
+        latest = f"latest/ is now this snapshot: {clean(decision['latest_uri'], MAX_TEXT_CHARS)}"
+    elif decision["state"] == GUARD_APPROVED:
+        latest = "latest/ did not move: a newer date is already there"
+    else:
+        latest = "latest/ did not move; this snapshot stays under its date and is never compared with"
+    return "\n".join(
+        [
+            f"The snapshot of {ds} (run {run_id}) was held by the mass-removal guard.",
+            f"Decision: {clean(decision['state'])} by {clean(decision['decided_by'])}.",
+            latest,
+            f"Snapshot: {clean(decision['csv_uri'], MAX_TEXT_CHARS)}",
+            f"Manifest: {clean(decision['manifest_uri'], MAX_TEXT_CHARS)}",
+        ]
+    )
 
 
 def failure_message(

@@ -34,12 +34,39 @@ def _tags(instance: Mapping[str, Any]) -> dict[str, str]:
 
 
 def joined(values: Iterable[Any]) -> str:
-    """A list cell (``contract.LIST_COLUMNS``): the values, sorted, ``;``-joined."""
+    """A list cell (``contract.LIST_COLUMNS``): the values, deduplicated, sorted, ``;``-joined."""
     return LIST_SEPARATOR.join(sorted({str(v) for v in values if v}))
 
 
+def _interfaces(instance: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list(instance.get("NetworkInterfaces") or [])
+
+
+def security_groups(instance: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    """
+    The instance's security groups and those of each attached network interface: an instance with several
+    interfaces is reached through all of them (and moto leaves the instance's own list empty when the
+    default group was applied to its interface).
+    """
+    yield from instance.get("SecurityGroups") or []
+    for interface in _interfaces(instance):
+        yield from interface.get("Groups") or []
+
+
+def ipv6_addresses(instance: Mapping[str, Any]) -> Iterable[str]:
+    """Every IPv6 address of every attached interface, and the instance's primary one (``Ipv6Address``)."""
+    if instance.get("Ipv6Address"):
+        yield str(instance["Ipv6Address"])
+    for interface in _interfaces(instance):
+        for address in interface.get("Ipv6Addresses") or []:
+            yield str(address.get("Ipv6Address") or "")
+
+
 def lifecycle(instance: Mapping[str, Any]) -> str:
-    """``spot``, ``scheduled`` or ``capacity-block`` as EC2 says; EC2 leaves it out for ``on-demand``."""
+    """
+    EC2's ``InstanceLifecycle`` as it says it (``spot``, ``scheduled``, ``capacity-block``, or a value EC2
+    adds later, kept rather than mistaken for on-demand); EC2 leaves it out for ``on-demand``.
+    """
     return str(instance.get("InstanceLifecycle") or "on-demand")
 
 
@@ -53,8 +80,9 @@ def tag_column_values(
     tags: Mapping[str, str], tag_columns: Sequence[tuple[str, Sequence[str]]]
 ) -> tuple[dict[str, str], dict[str, str]]:
     """
-    The configured tag columns' cells: each the value of the first of its keys present in ``tags`` (keys
-    compared case-sensitively; an empty value counts as present). Also returns, per column, the key that
+    The configured tag columns' cells: each the value of the first of its keys that ``tags`` has with a
+    non-empty value (keys compared case-sensitively). An empty value is skipped: a key created and left
+    blank names no owner or cost centre, and the next alias may. Also returns, per column, the key that
     gave the value (columns without a match are absent there).
     """
     values: dict[str, str] = {}
@@ -62,7 +90,7 @@ def tag_column_values(
     for column, keys in tag_columns:
         values[column] = ""
         for key in keys:
-            if key in tags:
+            if tags.get(key):
                 values[column], sources[column] = tags[key], key
                 break
     return values, sources
@@ -107,18 +135,14 @@ def instance_record(
         "InstanceLifecycle": lifecycle(instance),
         "Tenancy": str(placement.get("Tenancy") or ""),
         "IamInstanceProfileArn": str((instance.get("IamInstanceProfile") or {}).get("Arn") or ""),
-        "SecurityGroupIds": joined(g.get("GroupId") for g in instance.get("SecurityGroups") or []),
+        "SecurityGroupIds": joined(group.get("GroupId") for group in security_groups(instance)),
         "EbsVolumeIds": joined(
             (m.get("Ebs") or {}).get("VolumeId") for m in instance.get("BlockDeviceMappings") or []
         ),
         "KeyName": str(instance.get("KeyName") or ""),
         "ImdsV2Required": imds_v2_required(instance),
         "PrivateDnsName": str(instance.get("PrivateDnsName") or ""),
-        "Ipv6Addresses": joined(
-            a.get("Ipv6Address")
-            for interface in instance.get("NetworkInterfaces") or []
-            for a in interface.get("Ipv6Addresses") or []
-        ),
+        "Ipv6Addresses": joined(ipv6_addresses(instance)),
         "OutpostArn": str(instance.get("OutpostArn") or ""),
         "ReservationId": str(reservation.get("ReservationId") or ""),
         "OwnerId": str(reservation.get("OwnerId") or ""),

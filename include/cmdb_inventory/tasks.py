@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.cmdb_inventory import assets, inventory, preflight
+from include.cmdb_inventory import assets, guard, inventory, preflight
 from include.cmdb_inventory.config import VARIABLE_KEY, Account, ConfigError, Settings, parse_settings
+from include.cmdb_inventory.notify import APPROVAL_TASK_ID
 from include.cmdb_inventory.run import RunInfo, store_for
 
 if TYPE_CHECKING:
@@ -131,6 +132,8 @@ def resolve(context: Mapping[str, Any], *, for_preflight: bool = False) -> list[
         "not_scanned": resolved["not_scanned"],
         "accounts_source": resolved["accounts_source"],
     }
+    if resolved.get("organization_context") is not None:
+        plan["organization_context"] = resolved["organization_context"]
     context["ti"].xcom_push(key="plan", value=plan)
     return resolved["accounts"]
 
@@ -175,11 +178,58 @@ def merge(context: Mapping[str, Any]) -> RunSummary | PreflightSummary:
     return summary
 
 
+def approval_url(context: Mapping[str, Any]) -> str | None:
+    """The Airflow UI's page where a person answers this run's approval (``[api] base_url``), if known."""
+    from urllib.parse import quote
+
+    from airflow.sdk.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    if not base:
+        return None
+    dag_run = context["dag_run"]
+    return (
+        f"{base}/dags/{quote(dag_run.dag_id, safe='')}/runs/{quote(dag_run.run_id, safe='')}/tasks/"
+        f"{APPROVAL_TASK_ID}/required_actions"
+    )
+
+
 def notify(context: Mapping[str, Any], summary: RunSummary) -> Receipt:
-    """``notify_cmdb``: tell the CMDB team."""
+    """``notify_cmdb``: tell the CMDB team (and where to decide when the removal guard holds the snapshot)."""
     if deprecated_preflight(context):  # then merge returned the preflight's summary
         return notify_readiness(context, cast("PreflightSummary", summary))
-    return inventory.notify_cmdb(settings_from(context), summary)
+    url = approval_url(context) if guard.is_held(summary) else None
+    return inventory.notify_cmdb(settings_from(context), summary, url)
+
+
+def removal_request(context: Mapping[str, Any]) -> tuple[str, str] | None:
+    """
+    ``approve_removals`` before it asks: the subject and body to show, or ``None`` when this run's snapshot
+    is not held by the mass-removal guard (nothing to ask: the task is skipped).
+    """
+    if deprecated_preflight(context):
+        return None
+    settings = settings_from(context)
+    held = inventory.undecided_snapshot(store_for(settings), run_info(context))
+    return inventory.approval_request(held) if held is not None else None
+
+
+def settle_removals(context: Mapping[str, Any], *, approved: bool, decided_by: str) -> dict[str, Any]:
+    """
+    ``approve_removals`` once answered: record the decision; when approved, publish ``latest/`` and send
+    the snapshot's asset event; tell the CMDB team either way.
+    """
+    settings = settings_from(context)
+    try:
+        decision = inventory.settle_removals(
+            settings, run_info(context), store_for(settings), approved=approved, decided_by=decided_by
+        )
+    except inventory.DecisionError as err:
+        raise AirflowFailException(str(err)) from None
+    if "outlet_events" in context and assets.emit_snapshot_event(context["outlet_events"], decision):
+        log.info("Asset event for %s: %s", assets.SNAPSHOT.name, assets.event_extra(decision))
+    inventory.notify_decision(settings, decision)
+    return decision
 
 
 def check(context: Mapping[str, Any], summary: RunSummary) -> None:

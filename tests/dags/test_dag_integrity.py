@@ -151,10 +151,25 @@ def test_task_graph_is_the_contract(dag: Any) -> None:
         "merge_inventory",
         "notify_cmdb",
         "check_coverage",
+        "approve_removals",
     }
     assert tasks["resolve_accounts"].downstream_task_ids >= {"scan_account", "merge_inventory"}
     assert tasks["scan_account"].downstream_task_ids == {"merge_inventory"}
-    assert tasks["merge_inventory"].downstream_task_ids == {"notify_cmdb", "check_coverage"}
+    assert tasks["merge_inventory"].downstream_task_ids == {
+        "notify_cmdb",
+        "check_coverage",
+        "approve_removals",
+    }
+    assert tasks["approve_removals"].downstream_task_ids == set()
+    # The mass-removal guard's approval: Airflow's human-in-the-loop; unanswered, it rejects (the default).
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    approval = tasks["approve_removals"]
+    assert isinstance(approval, HITLOperator)
+    assert approval.options == ["Approve", "Reject"]
+    assert approval.defaults == ["Reject"]
+    assert approval.response_timeout is not None
+    assert approval.response_timeout.total_seconds() == 20 * 3600
     assert tasks["notify_cmdb"].downstream_task_ids == {"check_coverage"}
     assert tasks["check_coverage"].downstream_task_ids == set()
     assert tasks["merge_inventory"].trigger_rule == "all_done"
@@ -165,8 +180,11 @@ def test_task_graph_is_the_contract(dag: Any) -> None:
     # The snapshot Asset: an alias outlet on merge_inventory (an event only when a snapshot is written).
     from include.cmdb_inventory.assets import SNAPSHOT_ALIAS
 
+    # ... and on approve_removals, which sends it for a held snapshot once a person approves it.
+    publishing = {"merge_inventory", "approve_removals"}
     assert tasks["merge_inventory"].outlets == [SNAPSHOT_ALIAS]
-    assert [t.outlets for t in tasks.values() if t.task_id != "merge_inventory"] == [[]] * (len(tasks) - 1)
+    assert tasks["approve_removals"].outlets == [SNAPSHOT_ALIAS]
+    assert [t.outlets for t in tasks.values() if t.task_id not in publishing] == [[]] * (len(tasks) - 2)
 
 
 def test_deadline_alert_is_on_by_default_and_never_queued_at(dag: Any) -> None:

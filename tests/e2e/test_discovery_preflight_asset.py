@@ -75,6 +75,7 @@ def test_organisation_defined_accounts_and_the_snapshot_asset_event(
             "Sandbox": ["555555555555"],
         },
         suspended=["444444444444"],
+        tags={"222222222222": {"owner": "dev-team", "cost-center": "CC-1001"}, PAYER: {"owner": "finance"}},
     )
     ids, ous = org["ids"], org["ous"]
     seeded = emulator.seed(fresh_moto, org["world"])
@@ -108,13 +109,27 @@ def test_organisation_defined_accounts_and_the_snapshot_asset_event(
     }
     assert len(rows) == 4
     assert {r["AccountName"] for r in rows} == {"Payer (static)", "Development"}  # names: static, then org
+    # The organisation context, through the mapped scans' XComs into the CSV: the OU path and the tags of
+    # the account discovered in Organizations; none for the static payer (outside include_ous: not asked).
+    dev_tags = {"cost-center": "CC-1001", "owner": "dev-team"}
+    assert {(r["Account"], r["AccountOuPath"], r["AccountTags"]) for r in rows} == {
+        (PAYER, "", ""),
+        (dev, "Root/Workloads/Dev", json.dumps(dev_tags, separators=(",", ":"))),
+    }
     assert manifest["complete"] is True
     assert manifest["accounts_expected"] == 2
     assert manifest["accounts_source"] == "accounts+organizations"
     assert manifest["expected_accounts"] == sorted(
         [
-            {"id": PAYER, "name": "Payer (static)", "source": "accounts"},  # at the root: outside include_ous
-            {"id": dev, "name": "Development", "source": "organizations"},
+            # At the root: outside include_ous, so not looked up in the organisation.
+            {"id": PAYER, "name": "Payer (static)", "source": "accounts", "ou_path": "", "tags": {}},
+            {
+                "id": dev,
+                "name": "Development",
+                "source": "organizations",
+                "ou_path": "Root/Workloads/Dev",
+                "tags": dev_tags,
+            },
         ],
         key=lambda a: a["id"],
     )

@@ -175,6 +175,8 @@ def test_enforcement_is_live_for_every_identity(org: Org) -> None:
 def test_full_run_succeeds_with_only_the_shipped_policies(org: Org, success_run: Run) -> None:
     states = task_states(success_run)
     assert {f"scan_account[{n}]" for n in range(len(world.GOOD_ACCOUNTS))} <= set(states)
+    # approve_removals asks a person only when the mass-removal guard holds the snapshot: skipped here.
+    assert states.pop("approve_removals") == "skipped", (states, success_run.output[-5000:])
     assert set(states.values()) == {"success"}, (states, success_run.output[-5000:])
     manifest = world.manifest(org, SUCCESS_DS)
     assert manifest["complete"] is True

@@ -26,7 +26,7 @@ import pytest
 from devtools import emulator, sandbox
 from devtools.chromium import Chromium, chromium_binary
 from devtools.gateway import AwsGateway
-from devtools.world import DISCOVERY_ROLE, Server, World
+from devtools.world import DISCOVERY_ROLE, Server, World, session_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.xdist_group("ui-browser")]
 
@@ -35,6 +35,7 @@ DS = "2026-11-20"
 REGIONS = ["eu-west-1", "us-east-1"]
 BROKEN = "333333333333"
 HOSTILE = 'Testing <img src=x onerror="document.body.dataset.pwned=1"><script>alert(1)</script>'
+HELD_DS = "2026-11-21"  # a later snapshot the mass-removal guard holds: never latest/, the page finds it
 USER, PASSWORD = "cmdb-viewer", "viewer-password-for-tests"
 
 
@@ -88,6 +89,24 @@ def _wait_healthy(url: str, api: subprocess.Popen[bytes], timeout: float = 120) 
     raise TimeoutError(f"API server not healthy at {url}")
 
 
+def _hold_a_later_snapshot(moto_url: str, variable: dict[str, Any]) -> None:
+    """The run's manifest again under the next date, as the guard leaves a held one (latest/ unchanged)."""
+    s3 = session_in(moto_url, "111111111111").client("s3", endpoint_url=moto_url)
+    prefix, bucket = variable.get("prefix", "cmdb/ec2-inventory"), variable["bucket"]
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/ds={DS}/manifest.json")["Body"].read())
+    manifest.update(ds=HELD_DS, dag_run_id=f"scheduled__{HELD_DS}T02:00:00+00:00")
+    manifest["removal_guard"] = {
+        "state": "HELD",
+        "removed": 3,
+        "previous_rows": 4,
+        "previous_ds": DS,
+        "fraction": 0.75,
+        "max_removed_fraction": 0.1,
+        "reason": f"3 of the 4 instances of the snapshot of {DS} (75.0%) would be REMOVED",
+    }
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/ds={HELD_DS}/manifest.json", Body=json.dumps(manifest))
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The DAG run's snapshot in the emulator, and Airflow's API server (with the plugin) over it."""
@@ -128,6 +147,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             )
         try:
             run = sandbox.dags_test(env, DS)
+            _hold_a_later_snapshot(gw.moto_url, variable)
             _wait_healthy(url, api)
             body = json.dumps({"username": USER, "password": PASSWORD}).encode()
             status, _, answer = _request(
@@ -164,6 +184,8 @@ def test_the_run_left_one_account_uncovered(served: Served) -> None:
     [failure] = data["failures"]
     assert failure["account"] == BROKEN
     assert (failure["status"], failure["code"]) == ("ROLE_NOT_ASSUMABLE", "AccessDenied")
+    assert data["guard"]["state"] == "CLEAR"  # the run's own snapshot: nothing earlier to compare with
+    assert (data["held"]["ds"], data["held"]["guard"]["state"]) == (HELD_DS, "HELD")
 
 
 def test_the_page_sits_behind_airflow_login(served: Served) -> None:
@@ -217,6 +239,11 @@ def test_browser_shows_the_grid_and_the_failed_accounts_reason(served: Served, b
     name = browser.evaluate(f"document.querySelector('tr[data-account=\"{BROKEN}\"] .name').textContent")
     assert name == HOSTILE
     assert browser.evaluate("document.querySelectorAll('img, script').length") == 0
+    # The guard: this snapshot's state, and the later snapshot it holds, standing out above the totals.
+    assert browser.evaluate("document.querySelector('#removal-guard').dataset.state") == "CLEAR"
+    banner = browser.evaluate("document.querySelector('#removal-guard-held[role=alert]').innerText")
+    assert f"HELD: the snapshot of {HELD_DS} waits for approval in the Airflow UI" in banner
+    assert f"latest/ (and this page) still shows the previous snapshot, {DS}" in banner
     assert browser.evaluate("document.body.dataset.pwned === undefined") is True
     # Self-contained: the page loaded nothing from anywhere else (no CDN, no font, no script).
     loaded = browser.evaluate("performance.getEntriesByType('resource').map(e => e.name)")

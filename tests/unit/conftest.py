@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +11,7 @@ import pytest
 from moto import mock_aws
 
 from include.cmdb_inventory import contract
+from include.cmdb_inventory.contract import COLUMNS
 from include.cmdb_inventory.storage import SnapshotStore
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def stage_scanned(
     account: Account,
     records: list[Record],
     regions: list[dict[str, Any]],
+    columns: Sequence[str] = COLUMNS,
     **status: Any,
 ) -> int:
     """
@@ -108,10 +110,11 @@ def stage_scanned(
 
     staging = store.layout.staging(run.ds, run.run_id)
     part_key = store.layout.part(staging, account.id)
-    count = store.write_part(part_key, records)
+    count = store.write_part(part_key, records, columns)
     doc = inventory._status_doc(
         run, account, status=contract.OK, regions=regions, instances=count, part_key=part_key, **status
     )
+    doc["columns"] = list(columns)  # as scan_account records them
     store.put_json(store.layout.status(staging, account.id), doc)
     return count
 

@@ -676,9 +676,10 @@ def test_download_in_the_hardened_setup_is_a_sigv4_url_a_browser_can_use(hardene
     assert int(query["X-Amz-Expires"][0]) <= 300
     assert not [name for name in query if "owner" in name.lower()]
 
-    # The owner check stays on the server's own reads: the manifest's GET and the object's HEAD name it.
+    # The owner check stays on the server's own reads: the manifest's GET, the look for a held snapshot
+    # (the ds= folders, then the newest date's manifest: absent here) and the object's HEAD name it.
     reads = fidelity.seen[:server_reads]
-    assert [r["action"] for r in reads] == ["GetObject", "HeadObject"]
+    assert [r["action"] for r in reads] == ["GetObject", "ListObjectsV2", "GetObject", "HeadObject"]
     assert all(r["headers"]["x-amz-expected-bucket-owner"] == owner for r in reads)
     assert all(r["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ") for r in reads)
     [browser] = fidelity.seen[server_reads:]
@@ -701,3 +702,218 @@ def test_no_download_url_for_an_object_of_a_bucket_another_account_owns(hardened
     [head] = gw.calls(action="HeadObject")
     assert (head.status, head.fault) == (403, "AccessDenied")
     assert fidelity.seen[-1]["headers"]["x-amz-expected-bucket-owner"] == "999999999999"
+
+
+# ------------------------------------------------- organisation context and the mass-removal guard (issue 9)
+
+
+def _expected(ou_paths: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"id": account, "name": "", "source": "organizations", "ou_path": path, "tags": {}}
+        for account, path in ou_paths.items()
+    ]
+
+
+def test_each_account_shows_its_ou_path_from_the_expected_accounts() -> None:
+    long_path = "Root/" + "/".join(["Deep"] * 200)
+    doc = manifest(
+        expected_accounts=_expected(
+            {
+                "111111111111": "Root",
+                "222222222222": "Root/Workloads/<script>alert('ou')</script>",
+                "333333333333": long_path,
+                "444444444444": "Root/Not/In/The/Ledger",
+            }
+        )
+    )
+    model = model_of(doc)
+    paths = {a["id"]: a["ou_path"] for a in model["accounts"]}
+    assert paths["111111111111"] == "Root"
+    assert paths["222222222222"] == "Root/Workloads/<script>alert('ou')</script>"  # plain text in the model
+    assert len(paths["333333333333"]) == coverage_page.MAX_OU_PATH
+    assert paths["333333333333"].endswith("…")
+    assert "444444444444" not in paths  # rows come from the ledger, as before
+    html = coverage_page.render_page(model)
+    assert '<span class="ou" title="OU path in AWS Organizations: Root">Root</span>' in html
+    assert "Root/Workloads/&lt;script&gt;alert(&#39;ou&#39;)&lt;/script&gt;" in html
+    assert "<script>" not in html
+    # A manifest without organisation context (a static list, an older manifest) shows no OU line.
+    assert 'class="ou"' not in coverage_page.render_page(model_of(manifest()))
+    assert 'class="ou"' not in coverage_page.render_page(model_of(manifest(expected_accounts=[{"id": 7}])))
+
+
+def guard(state: str, **overrides: Any) -> dict[str, Any]:
+    doc = {
+        "state": state,
+        "removed": 40,
+        "previous_rows": 100,
+        "previous_ds": "2026-11-19",
+        "fraction": 0.4,
+        "max_removed_fraction": 0.1,
+        "reason": "40 of the 100 instances of the snapshot of 2026-11-19 (40.0%) would be REMOVED",
+    }
+    doc.update(overrides)
+    return doc
+
+
+def test_the_snapshot_guard_state_is_shown_and_nothing_for_older_manifests() -> None:
+    older = coverage_page.render_page(model_of(manifest()))
+    assert model_of(manifest())["guard"] is None
+    assert 'id="removal-guard"' not in older
+    assert "removal guard" not in older
+
+    clear = model_of(manifest(removal_guard=guard("CLEAR", removed=1, fraction=0.01)))
+    assert clear["guard"]["state"] == "CLEAR"
+    assert clear["guard"]["fraction"] == "1.0%"
+    assert clear["guard"]["max_removed_fraction"] == "10.0%"
+    html = coverage_page.render_page(clear)
+    assert 'id="removal-guard" data-state="CLEAR"' in html
+    assert '<span class="st ok">CLEAR</span>' in html
+    assert "1 removed (1.0%), limit 10.0%" in html
+    assert 'id="removal-guard-held"' not in html
+    first = guard("CLEAR", removed=0, previous_rows=0, previous_ds=None, fraction=None)
+    assert "mass-removal guard · nothing to compare with" in " ".join(
+        coverage_page.render_page(model_of(manifest(removal_guard=first))).split()
+    )
+
+    approved = model_of(
+        manifest(removal_guard=guard("APPROVED", decided_by="ops-lead", decided_at="2026-11-20T07:00:00Z"))
+    )
+    html = coverage_page.render_page(approved)
+    assert "approved by ops-lead at 2026-11-20T07:00:00Z" in html
+
+
+def test_a_held_snapshot_stands_out_and_says_latest_still_shows_the_previous_one() -> None:
+    held = {
+        "ds": "2026-11-21",
+        "dag_run_id": "scheduled__2026-11-21T02:00:00+00:00",
+        "manifest_uri": f"s3://{BUCKET}/{PREFIX}/ds=2026-11-21/manifest.json",
+        "removal_guard": guard("HELD"),
+    }
+    model = coverage_page.build_model(
+        manifest(removal_guard=guard("CLEAR")), bucket=BUCKET, prefix=PREFIX, held=held
+    )
+    assert model["held"]["guard"]["held"] is True
+    html = coverage_page.render_page(model)
+    banner = html[html.index('id="removal-guard-held"') : html.index('id="totals"')]
+    assert 'class="guard held"' in html
+    assert 'role="alert"' in banner
+    assert "HELD: the snapshot of 2026-11-21 waits for approval in the Airflow UI" in banner
+    assert "<b>40</b> of the 100 instances of the snapshot of 2026-11-19 (40.0%)" in banner
+    assert "more than max_removed_fraction 10.0%" in banner
+    assert "latest/ (and this page) still shows the previous snapshot, 2026-11-20" in banner
+    assert "scheduled__2026-11-21T02:00:00+00:00" in banner
+    # Rejected: said plainly, without the alert; a lookup that failed says so instead of hiding it.
+    rejected = {**held, "removal_guard": guard("REJECTED", decided_by="ops-lead")}
+    html = coverage_page.render_page(
+        coverage_page.build_model(manifest(), bucket=BUCKET, prefix=PREFIX, held=rejected)
+    )
+    assert "<b>REJECTED</b>: the snapshot of 2026-11-21" in html
+    assert "decided by ops-lead" in html
+    assert 'role="alert"' not in html
+    failed = coverage_page.build_model(
+        manifest(), bucket=BUCKET, prefix=PREFIX, held={"error": "AccessDenied"}
+    )
+    assert 'id="held-unknown"' in coverage_page.render_page(failed)
+    # A lookup that found nothing to show (or a snapshot that is not held) adds nothing.
+    for nothing in (None, {**held, "removal_guard": guard("CLEAR")}, {"ds": "x"}, "garbage"):
+        model = coverage_page.build_model(manifest(), bucket=BUCKET, prefix=PREFIX, held=nothing)  # type: ignore[arg-type]
+        assert model["held"] is None
+        assert 'id="removal-guard-held"' not in coverage_page.render_page(model)
+
+
+def test_hostile_and_garbage_guard_values_are_escaped_and_bounded() -> None:
+    hostile = guard(
+        '<b onmouseover="x">HELD' + "x" * 40,
+        removed="many",
+        fraction=float("nan"),
+        max_removed_fraction=True,
+        reason="<script>alert('reason')</script>" + "r" * 5000,
+        decided_by='" onmouseover="alert(3)',
+    )
+    model = model_of(manifest(removal_guard=hostile))
+    g = model["guard"]
+    assert (g["css"], g["removed"], g["fraction"], g["max_removed_fraction"]) == ("other", 0, "", "")
+    assert len(g["state"]) == 32
+    assert len(g["reason"]) == coverage_page.MAX_TEXT
+    held = {
+        "ds": "<i>d</i>",
+        "dag_run_id": "<u>run</u>",
+        "removal_guard": guard("HELD", reason="<svg onload=1>"),
+    }
+    html = coverage_page.render_page(
+        coverage_page.build_model(manifest(removal_guard=hostile), bucket=BUCKET, prefix=PREFIX, held=held)
+    )
+    tags = set(re.findall(r"<\s*([a-zA-Z]+)", html))
+    assert not tags & {"script", "svg", "i", "u"}, tags
+    assert "&lt;script&gt;alert(&#39;reason&#39;)&lt;/script&gt;" in html
+    assert "&lt;svg onload=1&gt;" in html
+    assert 'onmouseover="' not in html
+    assert coverage_page.render_page(model_of(manifest(removal_guard="not a mapping")))
+
+
+def test_the_app_shows_what_the_cache_found_held(app_factory: Callable[..., Any]) -> None:
+    from fastapi.testclient import TestClient
+
+    from include.cmdb_inventory.ui.coverage_api import create_app
+
+    looked: list[str] = []
+
+    def held(location: Location, latest: dict[str, Any]) -> dict[str, Any]:
+        looked.append(str(latest.get("ds")))
+        return {"ds": "2026-11-21", "dag_run_id": "r", "removal_guard": guard("HELD")}
+
+    app = create_app(
+        locate=lambda: LOCATION,
+        cache=SnapshotCache(fetch=lambda location: manifest(), held=held),
+        authorise=lambda: None,
+    )
+    client = TestClient(app, base_url="http://127.0.0.1")
+    assert 'id="removal-guard-held"' in client.get("/").text
+    assert client.get("/coverage.json").json()["held"]["guard"]["state"] == "HELD"
+    assert looked == ["2026-11-20"]  # once: the lookup is cached with the manifest
+    # A replaced fetch (the tests' own manifests) never looks in S3 for a held snapshot.
+    assert SnapshotCache(fetch=lambda location: manifest()).get(LOCATION).held is None
+
+
+def test_fetch_held_finds_the_newest_dated_snapshot_the_guard_holds(moto_url: str) -> None:
+    import boto3
+
+    from include.cmdb_inventory.ui.coverage_source import fetch_held
+
+    s3 = boto3.client(
+        "s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    bucket = "cmdb-ui-held"
+    location = Location(bucket=bucket, prefix="team/inv")
+    s3.create_bucket(Bucket=bucket)
+
+    def put(ds: str, state: str | None) -> None:
+        doc = manifest(ds=ds, dag_run_id=f"run-{ds}")
+        if state:
+            doc["removal_guard"] = guard(state)
+        s3.put_object(Bucket=bucket, Key=f"team/inv/ds={ds}/manifest.json", Body=json.dumps(doc))
+
+    latest = manifest(ds="2026-11-20")
+    assert fetch_held(location, latest, s3) is None  # no dated snapshot at all
+    put("2026-11-19", "HELD")  # older than latest/: decided long ago or replaced, not shown
+    put("2026-11-20", "CLEAR")
+    assert fetch_held(location, latest, s3) is None
+    put("2026-11-20", "HELD")  # a rerun of latest's own date, held: latest/ keeps the earlier one
+    assert fetch_held(location, latest, s3) == {
+        "ds": "2026-11-20",
+        "dag_run_id": "run-2026-11-20",
+        "manifest_uri": f"s3://{bucket}/team/inv/ds=2026-11-20/manifest.json",
+        "removal_guard": guard("HELD"),
+    }
+    put("2026-11-22", "REJECTED")
+    s3.put_object(Bucket=bucket, Key="team/inv/ds=not-a-date/manifest.json", Body=b"{}")
+    found = fetch_held(location, latest, s3)
+    assert found is not None
+    assert (found["ds"], found["removal_guard"]["state"]) == ("2026-11-22", "REJECTED")
+    put("2026-11-23", None)  # from before the guard
+    assert fetch_held(location, latest, s3) is None
+    s3.put_object(Bucket=bucket, Key="team/inv/ds=2026-11-24/manifest.json", Body=b"{broken")
+    assert fetch_held(location, latest, s3) == {
+        "error": "could not look for a snapshot after 2026-11-20: JSONDecodeError"
+    }

@@ -7,6 +7,7 @@ import hashlib
 import io
 import random
 import tracemalloc
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from botocore.awsrequest import AWSResponse
 
 from include.cmdb_inventory import contract, formats, storage
 from include.cmdb_inventory.config import Account, parse_settings
-from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, PARQUET_NAME
+from include.cmdb_inventory.contract import COLUMNS, CSV_NAME, LIST_COLUMNS, PARQUET_NAME, SCHEMA_VERSION
 from include.cmdb_inventory.formats import csv_to_parquet, parquet_metadata
 from include.cmdb_inventory.inventory import merge_inventory
 from include.cmdb_inventory.records import Record, instance_record, sort_key
@@ -33,10 +34,16 @@ A = Account("111111111111", 'Payer, "main"')
 DS = "2026-11-20"
 MIB = 1024 * 1024
 
+OWNERS = ["team-a", "", "=evil", "émoji 🚀"]
 NAMES = ['=HYPERLINK("http://evil")', "multi\r\nline", 'quo"te, comma', "émoji 🚀", "", "@x", "-1", "plain"]
 
 
-def tricky_records(count: int, account: Account = A, region: str = REGION) -> list[Record]:
+def tricky_records(
+    count: int,
+    account: Account = A,
+    region: str = REGION,
+    tag_columns: Sequence[tuple[str, Sequence[str]]] = (),
+) -> list[Record]:
     return sorted(
         (
             instance_record(
@@ -51,9 +58,17 @@ def tricky_records(count: int, account: Account = A, region: str = REGION) -> li
                     "Tags": [
                         {"Key": "Name", "Value": NAMES[n % len(NAMES)]},
                         {"Key": "Team", "Value": "a\nb"},
+                        *([{"Key": "owner", "Value": OWNERS[n // 2 % len(OWNERS)]}] if n % 4 else []),
+                    ],
+                    # List columns: none, one or several values (every third instance has none).
+                    "SecurityGroups": [{"GroupId": f"sg-{g:04d}"} for g in range(n % 3)],
+                    "BlockDeviceMappings": [{"Ebs": {"VolumeId": f"vol-{n:06d}{v}"}} for v in "ba"[: n % 3]],
+                    "NetworkInterfaces": [
+                        {"Ipv6Addresses": [{"Ipv6Address": f"2001:db8::{n:x}"}] if n % 2 else []}
                     ],
                 },
                 "2026-11-20T02:00:07Z",
+                tag_columns=tag_columns,
             )[0]
             for n in range(count)
         ),
@@ -72,22 +87,27 @@ def csv_dicts(data: bytes) -> list[dict[str, str]]:
 
 
 def as_csv_cell(value: Any) -> str:
-    """A Parquet cell in the CSV's spelling (timestamps back to ISO-8601 UTC, nulls empty)."""
+    """A Parquet cell in the CSV's spelling (timestamps back to ISO-8601 UTC, lists ;-joined, nulls empty)."""
     if value is None:
         return ""
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, list):
+        assert all(isinstance(v, str) and v for v in value), value
+        return ";".join(value)
     return str(value)
 
 
-def assert_same_as_csv(table: pa.Table, data: bytes) -> None:
-    assert table.column_names == list(COLUMNS)
+def assert_same_as_csv(table: pa.Table, data: bytes, columns: Sequence[str] = COLUMNS) -> None:
+    assert table.column_names == list(columns)
     assert [table.schema.field(c).type for c in ("LaunchTime", "CollectedAt")] == [
         pa.timestamp("ms", tz="UTC")
     ] * 2
-    assert {str(table.schema.field(c).type) for c in COLUMNS if c not in ("LaunchTime", "CollectedAt")} == {
-        "string"
-    }
+    assert [table.schema.field(c).type for c in LIST_COLUMNS] == [pa.list_(pa.string())] * 3
+    others = {c for c in columns if c not in ("LaunchTime", "CollectedAt", *LIST_COLUMNS)}
+    assert {str(table.schema.field(c).type) for c in others} == {"string"}
+    # An empty list cell is an empty list, never null; the list columns' order follows the CSV's.
+    assert [table.column(c).null_count for c in LIST_COLUMNS] == [0, 0, 0]
     parquet_rows = [{k: as_csv_cell(v) for k, v in row.items()} for row in table.to_pylist()]
     assert parquet_rows == csv_dicts(data)
 
@@ -96,7 +116,7 @@ def test_parquet_holds_the_csv_rows_typed_in_bounded_row_groups() -> None:
     records = tricky_records(1_000)
     data = csv_bytes(records)
     out = io.BytesIO()
-    manifest = {"schema_version": 1, "ds": DS, "dag_run_id": "scheduled__x", "csv_sha256": "abc"}
+    manifest = {"schema_version": SCHEMA_VERSION, "ds": DS, "dag_run_id": "scheduled__x", "csv_sha256": "abc"}
     counts = csv_to_parquet(
         io.BytesIO(data), out, parquet_metadata(manifest), row_group_rows=300, block_bytes=16 * 1024
     )
@@ -107,8 +127,8 @@ def test_parquet_holds_the_csv_rows_typed_in_bounded_row_groups() -> None:
     assert parquet.metadata.num_row_groups == 4
     assert [parquet.metadata.row_group(i).num_rows for i in range(4)] == [300, 300, 300, 100]
     meta = parquet.schema_arrow.metadata
-    assert meta[b"cmdb_ec2_inventory.schema_version"] == b"1"
-    assert meta[b"cmdb_ec2_inventory.csv_schema_version"] == b"1"
+    assert meta[b"cmdb_ec2_inventory.schema_version"] == b"2"
+    assert meta[b"cmdb_ec2_inventory.csv_schema_version"] == b"2"
     assert meta[b"cmdb_ec2_inventory.ds"] == DS.encode()
     assert meta[b"cmdb_ec2_inventory.csv_sha256"] == b"abc"
     table = parquet.read()
@@ -118,6 +138,15 @@ def test_parquet_holds_the_csv_rows_typed_in_bounded_row_groups() -> None:
     assert {'\'=HYPERLINK("http://evil")', "multi\r\nline", "'@x", "'-1", "émoji 🚀"} <= names
     assert table.column("LaunchTime").null_count == 200
     assert table.column("LaunchTime")[1].as_py() == datetime(2026, 1, 2, 3, 4, 1, tzinfo=UTC)
+    # The list columns: lists of strings, an empty list where the CSV cell is empty.
+    by_id = {row["InstanceId"]: row for row in table.to_pylist()}
+    assert by_id["i-00000000"]["SecurityGroupIds"] == []
+    assert by_id["i-00000000"]["EbsVolumeIds"] == []
+    assert by_id["i-00000000"]["Ipv6Addresses"] == []
+    assert by_id["i-00000002"]["SecurityGroupIds"] == ["sg-0000", "sg-0001"]
+    assert by_id["i-00000002"]["EbsVolumeIds"] == ["vol-000002a", "vol-000002b"]
+    assert by_id["i-00000001"]["Ipv6Addresses"] == ["2001:db8::1"]
+    assert {len(row["SecurityGroupIds"]) for row in by_id.values()} == {0, 1, 2}
 
 
 def test_conversion_memory_is_bounded_by_the_row_group_not_the_file() -> None:
@@ -289,7 +318,7 @@ def test_merge_writes_parquet_symlinks_and_latest_and_removes_them_when_turned_o
     entry = manifest["parquet"]
     assert (entry["key"], entry["schema_version"], entry["row_count"], entry["row_groups"]) == (
         f"{manifest['commit_prefix']}/{PARQUET_NAME}",
-        1,
+        2,
         40,
         1,
     )
@@ -323,6 +352,42 @@ def test_merge_writes_parquet_symlinks_and_latest_and_removes_them_when_turned_o
     assert manifest is not None
     assert manifest["parquet"] is None
     assert manifest["athena"]["parquet_symlink_key"] is None
+
+
+TAG_COLUMNS = {"Owner": ["owner", "Owner"], "CostCenter": ["cost-center"]}
+
+
+def test_tag_columns_are_the_last_parquet_columns_as_strings(store: SnapshotStore) -> None:
+    from include.cmdb_inventory import inventory
+
+    settings = parse_settings(
+        {"accounts": [A.id], "bucket": BUCKET, "prefix": PREFIX, "parquet": True, "tag_columns": TAG_COLUMNS}
+    )
+    run = RunInfo("cmdb_ec2_inventory", "scheduled__tags", DS, f"{DS}T02:00:00+00:00")
+    records = tricky_records(12, tag_columns=settings.tag_columns)
+    # What scan_account stages with tag columns: the part in the settings' columns, and those columns.
+    staging = store.layout.staging(run.ds, run.run_id)
+    part_key = store.layout.part(staging, A.id)
+    store.write_part(part_key, records, settings.columns)
+    regions = [{"region": REGION, "status": contract.OK, "instances": len(records)}]
+    doc = inventory._status_doc(
+        run, A, status=contract.OK, regions=regions, instances=len(records), part_key=part_key
+    )
+    doc["columns"] = list(settings.columns)
+    store.put_json(store.layout.status(staging, A.id), doc)
+    merge_inventory(settings, run, store, [A.to_dict()], overwrite=True)
+
+    manifest = store.get_json(store.layout.snapshot(DS, "manifest.json"))
+    assert manifest is not None
+    assert manifest["columns"] == [*COLUMNS, "Owner", "CostCenter"]
+    csv_data = get(store, store.layout.snapshot(DS, CSV_NAME))
+    table = pq.read_table(io.BytesIO(get(store, store.layout.snapshot(DS, PARQUET_NAME))))
+    assert_same_as_csv(table, csv_data, manifest["columns"])
+    assert [str(table.schema.field(c).type) for c in ("Owner", "CostCenter")] == ["string", "string"]
+    owners = table.column("Owner").to_pylist()
+    assert table.column("Owner").null_count == 0  # no tag, or an empty one: "" as in the CSV
+    assert sorted(set(owners)) == ["", "'=evil", "team-a", "émoji 🚀"]
+    assert set(table.column("CostCenter").to_pylist()) == {""}
 
 
 def test_the_parquet_setting_is_a_boolean_and_off_by_default() -> None:

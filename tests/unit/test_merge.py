@@ -182,9 +182,15 @@ def test_manifest_fields(s3: Any, store: SnapshotStore) -> None:
     assert [(p["name"], p["key"]) for p in manifest["published"]] == [
         ("changes.csv", manifest["changes"]["key"]),
         ("ec2_inventory.parquet", None),
+        (contract.IRE_PAYLOAD_NAME, None),  # the ServiceNow export is off by default
         (CSV_NAME, manifest["csv_key"]),
     ]
-    assert manifest["accounts_expected"] == 3
+    assert manifest["servicenow"] is None
+    # The mass-removal guard: the first snapshot has nothing to compare with.
+    assert manifest["removal_guard"]["state"] == contract.GUARD_CLEAR
+    assert summary["removal_guard"] == manifest["removal_guard"]
+    assert manifest["tag_columns"] == []
+    assert manifest["schema_version"] == 2
     assert manifest["accounts_covered"] == 3
     assert manifest["regions_scanned"] == 5
 
@@ -332,7 +338,9 @@ def test_a_throttled_region_is_a_gap(store: SnapshotStore) -> None:
 
 
 def merge_date(store: SnapshotStore, ds: str, tag: str = "", **kwargs: Any) -> dict[str, Any]:
-    settings = make_settings()
+    # A tag gives every instance a new id, so the previous date's are all REMOVED: the mass-removal guard
+    # (off here; tested in test_removal_guard.py) would hold latest/, which these tests follow by date.
+    settings = make_settings(max_removed_fraction=1.0)
     run = run_info(run_id=f"scheduled__{ds}T00:00:00+00:00{tag}", ds=ds)
     report_all_ok(store, run, tag=tag)
     return merge_inventory(settings, run, store, expected_of(settings), **kwargs)
@@ -499,7 +507,9 @@ def test_a_retried_merge_repairs_latest_after_a_failed_copy(
     store: SnapshotStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     merge_date(store, "2024-03-01")
-    settings, run = make_settings(), run_info("scheduled__2024-03-02T00:00:00+00:00", ds="2024-03-02")
+    # max_removed_fraction=1: the tag renews every id (see merge_date); the guard would hold latest/.
+    settings = make_settings(max_removed_fraction=1.0)
+    run = run_info("scheduled__2024-03-02T00:00:00+00:00", ds="2024-03-02")
     report_all_ok(store, run, tag="-new")
 
     def interrupted(*_: Any, **__: Any) -> None:
@@ -566,7 +576,7 @@ S3_WRITES = frozenset(
         "DeleteObjects",
     }
 )
-FIXED_NAMES = (CSV_NAME, "changes.csv", "ec2_inventory.parquet", MANIFEST_NAME)
+FIXED_NAMES = (CSV_NAME, "changes.csv", "ec2_inventory.parquet", contract.IRE_PAYLOAD_NAME, MANIFEST_NAME)
 
 
 class Killed(BaseException):
@@ -695,7 +705,10 @@ def test_a_merge_killed_between_any_two_writes_leaves_each_snapshot_whole(
         "manual__2024-03-01T09:00:00+00:00" if scenario == "replace" else f"scheduled__{ds}T00:00:00+00:00",
         ds=ds,
     )
-    with_parquet, second_settings = make_settings(parquet=True), make_settings(parquet=scenario == "new-date")
+    # max_removed_fraction=1: the tags renew every instance id between the runs (see merge_date); the guard
+    # would hold latest/, and this test follows the copies of a snapshot that may be published.
+    with_parquet = make_settings(parquet=True, max_removed_fraction=1.0)
+    second_settings = make_settings(parquet=scenario == "new-date", max_removed_fraction=1.0)
 
     def setup() -> None:
         fresh_bucket(s3)

@@ -250,11 +250,19 @@ def test_the_expected_list_is_resolved_at_run_time_and_saved_in_the_manifest(
     assert manifest is not None
     assert manifest["expected_accounts"] == sorted(
         [
-            {"id": "444444444444", "name": "Static", "source": "accounts"},
-            {"id": active, "name": "Active", "source": "organizations"},
+            # Outside include_ous: not looked up in the organisation, so no organisation context.
+            {"id": "444444444444", "name": "Static", "source": "accounts", "ou_path": "", "tags": {}},
+            {
+                "id": active,
+                "name": "Active",
+                "source": "organizations",
+                "ou_path": "Root/Workloads",
+                "tags": {},
+            },
         ],
         key=lambda a: a["id"],
     )
+    assert manifest["organization_context"] == {"ou_paths": True, "tags": True}
     assert manifest["accounts_not_scanned"] == [
         {"id": closed, "name": "Closed", "state": "SUSPENDED", "reason": plan["not_scanned"][0]["reason"]}
     ]
@@ -291,7 +299,7 @@ def test_role_arn_is_assumed_before_listing(moto_url: str, set_hub_connection: A
     client.create_organization(FeatureSet="ALL")
 
     hub_only = parse_settings({"bucket": BUCKET, "organizations": {}})
-    with pytest.raises(ConfigError, match="no ACTIVE account in scope"):  # moto: no org, no accounts
+    with pytest.raises(ConfigError, match="not in an AWS Organization"):  # the hub account has none
         organizations.expected_accounts(hub_only)
     through_role = parse_settings(
         {"bucket": BUCKET, "organizations": {"role_arn": f"arn:aws:iam::{management}:role/org/OrgReader"}}

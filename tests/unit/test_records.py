@@ -14,7 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from include.cmdb_inventory.config import Account
-from include.cmdb_inventory.contract import COLUMNS
+from include.cmdb_inventory.contract import (
+    COLUMNS,
+    LIST_COLUMNS,
+    LIST_SEPARATOR,
+    SCHEMA_VERSION,
+    columns,
+)
 from include.cmdb_inventory.records import (
     FORMULA_TRIGGERS,
     Record,
@@ -45,6 +51,25 @@ DESIGN_COLUMNS = (
     "Tags",
     "CollectedAt",
 )
+# Schema 2 (issue 9) appends these, in this order, after every schema-1 column.
+SCHEMA_2_COLUMNS = (
+    "PlatformDetails",
+    "Architecture",
+    "InstanceLifecycle",
+    "Tenancy",
+    "IamInstanceProfileArn",
+    "SecurityGroupIds",
+    "EbsVolumeIds",
+    "KeyName",
+    "ImdsV2Required",
+    "PrivateDnsName",
+    "Ipv6Addresses",
+    "OutpostArn",
+    "ReservationId",
+    "OwnerId",
+    "AccountOuPath",
+    "AccountTags",
+)
 
 
 def described_instance(**overrides: Any) -> dict[str, Any]:
@@ -65,6 +90,7 @@ def described_instance(**overrides: Any) -> dict[str, Any]:
         "VpcId": "vpc-0a1b2c3d",
         "Architecture": "x86_64",
         "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeId": "vol-1"}}],
+        "MetadataOptions": {"State": "applied", "HttpTokens": "optional", "HttpEndpoint": "enabled"},
         "NetworkInterfaces": [{"NetworkInterfaceId": "eni-1", "PrivateIpAddress": "10.0.1.12"}],
         "SecurityGroups": [{"GroupName": "web", "GroupId": "sg-1"}],
         "Tags": [{"Key": "Name", "Value": "web-1"}, {"Key": "Env", "Value": "prod"}],
@@ -97,8 +123,22 @@ def test_first_four_columns_are_the_2015_scripts() -> None:
 
 
 def test_then_every_documented_column_in_order() -> None:
-    assert COLUMNS[4:] == DESIGN_COLUMNS
+    # Schema 1's columns stay where they were (existing imports read them by position); schema 2's follow.
+    assert COLUMNS[4 : 4 + len(DESIGN_COLUMNS)] == DESIGN_COLUMNS
+    assert COLUMNS[4 + len(DESIGN_COLUMNS) :] == SCHEMA_2_COLUMNS
+    assert len(COLUMNS) == 4 + 13 + 16
     assert len(set(COLUMNS)) == len(COLUMNS)
+    assert SCHEMA_VERSION == 2
+
+
+def test_the_list_columns_are_the_three_id_lists() -> None:
+    assert LIST_COLUMNS == ("SecurityGroupIds", "EbsVolumeIds", "Ipv6Addresses")
+    assert LIST_SEPARATOR == ";"
+
+
+def test_tag_columns_come_after_the_contracts_columns_in_the_configured_order() -> None:
+    assert columns(["Owner", "CostCenter"]) == (*COLUMNS, "Owner", "CostCenter")
+    assert columns() == COLUMNS
 
 
 def test_record_keys_are_the_columns_in_order() -> None:
@@ -128,6 +168,22 @@ def test_record_of_a_running_linux_instance() -> None:
         "LaunchTime": "2024-03-01T12:30:45Z",
         "Tags": '{"Env":"prod","Name":"web-1"}',
         "CollectedAt": COLLECTED_AT,
+        "PlatformDetails": "Linux/UNIX",
+        "Architecture": "x86_64",
+        "InstanceLifecycle": "on-demand",
+        "Tenancy": "default",
+        "IamInstanceProfileArn": "",
+        "SecurityGroupIds": "sg-1",
+        "EbsVolumeIds": "vol-1",
+        "KeyName": "",
+        "ImdsV2Required": "false",
+        "PrivateDnsName": "ip-10-0-1-12.eu-west-1.compute.internal",
+        "Ipv6Addresses": "",
+        "OutpostArn": "",
+        "ReservationId": "",
+        "OwnerId": "",
+        "AccountOuPath": "",
+        "AccountTags": "",
     }
     assert all(isinstance(v, str) for v in record.values())
 
@@ -439,3 +495,260 @@ def test_property_any_text_round_trips_one_row_per_record(
         for cell in row:
             assert not cell.startswith(FORMULA_TRIGGERS), cell
             assert "\x00" not in cell
+
+
+# --- schema 2: the DescribeInstances attributes -----------------------------------------------------------
+
+
+def described_reservation() -> dict[str, Any]:
+    """
+    One reservation as boto3's DescribeInstances returns it on real AWS: a spot instance on a dedicated
+    host in an Outpost, two network interfaces (each with its own groups and IPv6 addresses), two EBS
+    volumes, an instance profile, a key pair and IMDSv2 required.
+    """
+    instance = described_instance(
+        InstanceId="i-0aa11bb22cc33dd44",
+        InstanceType="m6g.large",
+        Architecture="arm64",
+        InstanceLifecycle="spot",
+        SpotInstanceRequestId="sir-abcd1234",
+        Placement={"AvailabilityZone": "eu-west-1a", "GroupName": "", "Tenancy": "host", "HostId": "h-0123"},
+        IamInstanceProfile={
+            "Arn": "arn:aws:iam::111111111111:instance-profile/payments-web",
+            "Id": "AIPAEXAMPLEID",
+        },
+        KeyName="payments-ops",
+        MetadataOptions={
+            "State": "applied",
+            "HttpTokens": "required",
+            "HttpPutResponseHopLimit": 2,
+            "HttpEndpoint": "enabled",
+            "HttpProtocolIpv6": "disabled",
+            "InstanceMetadataTags": "disabled",
+        },
+        PrivateDnsName="ip-10-0-1-12.eu-west-1.compute.internal",
+        Ipv6Address="2a05:d018:1:2::10",
+        OutpostArn="arn:aws:outposts:eu-west-1:111111111111:outpost/op-0abcdef1234567890",
+        PlatformDetails="Linux/UNIX",
+        SecurityGroups=[
+            {"GroupName": "web", "GroupId": "sg-0b2"},
+            {"GroupName": "ssh", "GroupId": "sg-0a1"},
+        ],
+        BlockDeviceMappings=[
+            {"DeviceName": "/dev/xvda", "Ebs": {"VolumeId": "vol-0ffff", "Status": "attached"}},
+            {"DeviceName": "/dev/xvdb", "Ebs": {"VolumeId": "vol-0aaaa", "Status": "attached"}},
+        ],
+        NetworkInterfaces=[
+            {
+                "NetworkInterfaceId": "eni-0primary",
+                "Attachment": {"DeviceIndex": 0, "Status": "attached"},
+                "Groups": [
+                    {"GroupName": "web", "GroupId": "sg-0b2"},
+                    {"GroupName": "ssh", "GroupId": "sg-0a1"},
+                ],
+                "Ipv6Addresses": [{"Ipv6Address": "2a05:d018:1:2::10", "IsPrimaryIpv6": True}],
+            },
+            {
+                "NetworkInterfaceId": "eni-0second",
+                "Attachment": {"DeviceIndex": 1, "Status": "attached"},
+                "Groups": [{"GroupName": "replication", "GroupId": "sg-0c3"}],
+                "Ipv6Addresses": [{"Ipv6Address": "2a05:d018:1:2::9"}, {"Ipv6Address": "2a05:d018:1:3::1"}],
+            },
+        ],
+    )
+    return {
+        "Groups": [],
+        "Instances": [instance],
+        "OwnerId": "111111111111",
+        "RequesterId": "940372691376",
+        "ReservationId": "r-0123456789abcdef0",
+    }
+
+
+def record_with_reservation(reservation: Mapping[str, Any], **kwargs: Any) -> tuple[Record, dict[str, str]]:
+    (instance,) = reservation["Instances"]
+    return instance_record(
+        Account(ACCOUNT, "payments-prod"), REGION, instance, COLLECTED_AT, reservation, **kwargs
+    )
+
+
+def test_record_of_a_spot_instance_with_every_schema_2_field_from_its_reservation() -> None:
+    record, sources = record_with_reservation(described_reservation())
+    assert {c: record[c] for c in SCHEMA_2_COLUMNS} == {
+        "PlatformDetails": "Linux/UNIX",
+        "Architecture": "arm64",
+        "InstanceLifecycle": "spot",
+        "Tenancy": "host",
+        "IamInstanceProfileArn": "arn:aws:iam::111111111111:instance-profile/payments-web",
+        # Every interface's groups, each once, sorted (not the order EC2 listed them in).
+        "SecurityGroupIds": "sg-0a1;sg-0b2;sg-0c3",
+        "EbsVolumeIds": "vol-0aaaa;vol-0ffff",
+        "KeyName": "payments-ops",
+        "ImdsV2Required": "true",
+        "PrivateDnsName": "ip-10-0-1-12.eu-west-1.compute.internal",
+        # The primary address (also on the first interface) once, then the second interface's.
+        "Ipv6Addresses": "2a05:d018:1:2::10;2a05:d018:1:2::9;2a05:d018:1:3::1",
+        "OutpostArn": "arn:aws:outposts:eu-west-1:111111111111:outpost/op-0abcdef1234567890",
+        "ReservationId": "r-0123456789abcdef0",
+        "OwnerId": "111111111111",
+        "AccountOuPath": "",
+        "AccountTags": "",
+    }
+    assert tuple(record) == COLUMNS
+    assert sources == {}
+    # A list cell splits back into exactly its values.
+    assert record["SecurityGroupIds"].split(LIST_SEPARATOR) == ["sg-0a1", "sg-0b2", "sg-0c3"]
+
+
+def test_an_instance_without_the_optional_fields_has_empty_schema_2_cells_and_is_on_demand() -> None:
+    record = record_of({"InstanceId": "i-1"})
+    assert {c: record[c] for c in SCHEMA_2_COLUMNS if record[c]} == {"InstanceLifecycle": "on-demand"}
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "expected"),
+    [
+        pytest.param("spot", "spot", id="spot"),
+        pytest.param("scheduled", "scheduled", id="scheduled"),
+        pytest.param("capacity-block", "capacity-block", id="capacity-block"),
+        # A value EC2 added later (botocore knows it) is kept, never mistaken for on-demand.
+        pytest.param("interruptible-capacity-reservation", "interruptible-capacity-reservation", id="newer"),
+        pytest.param(None, "on-demand", id="absent-is-on-demand"),
+        pytest.param("", "on-demand", id="empty-is-on-demand"),
+    ],
+)
+def test_instance_lifecycle(lifecycle: str | None, expected: str) -> None:
+    instance = described_instance()
+    if lifecycle is not None:
+        instance["InstanceLifecycle"] = lifecycle
+    assert record_of(instance)["InstanceLifecycle"] == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        pytest.param({"HttpTokens": "required"}, "true", id="required"),
+        pytest.param({"HttpTokens": "optional"}, "false", id="optional"),
+        pytest.param({"State": "pending"}, "", id="no-tokens"),
+        pytest.param(None, "", id="no-metadata-options"),
+    ],
+)
+def test_imds_v2_required_from_http_tokens(options: dict[str, str] | None, expected: str) -> None:
+    instance = described_instance(MetadataOptions=options)
+    assert record_of(instance)["ImdsV2Required"] == expected
+
+
+@pytest.mark.parametrize("tenancy", ["default", "dedicated", "host"])
+def test_tenancy_from_placement(tenancy: str) -> None:
+    placement = {"AvailabilityZone": "eu-west-1b", "Tenancy": tenancy}
+    assert record_of(described_instance(Placement=placement))["Tenancy"] == tenancy
+
+
+@pytest.mark.parametrize("details", [None, ""])
+def test_an_empty_platform_details_stays_empty_while_platform_falls_back(details: str | None) -> None:
+    record = record_of(described_instance(Platform="windows", PlatformDetails=details))
+    assert record["PlatformDetails"] == ""
+    assert record["Platform"] == "windows"
+
+
+def test_list_cells_are_sorted_deduplicated_and_skip_empty_ids() -> None:
+    instance = described_instance(
+        SecurityGroups=[{"GroupId": "sg-9"}, {"GroupId": "sg-1"}, {"GroupId": "sg-9"}, {"GroupName": "x"}],
+        BlockDeviceMappings=[
+            {"DeviceName": "/dev/xvdb", "Ebs": {"VolumeId": "vol-b"}},
+            {"DeviceName": "/dev/sdc", "VirtualName": "ephemeral0"},  # instance store: no EBS volume
+            {"DeviceName": "/dev/xvda", "Ebs": {"VolumeId": "vol-a"}},
+            {"DeviceName": "/dev/xvdd", "Ebs": {"VolumeId": "vol-a"}},
+        ],
+        NetworkInterfaces=[
+            {"Groups": [{"GroupId": "sg-1"}], "Ipv6Addresses": [{"Ipv6Address": "2001:db8::2"}]},
+            {"Groups": [], "Ipv6Addresses": [{"Ipv6Address": "2001:db8::1"}, {"Ipv6Address": "2001:db8::2"}]},
+        ],
+    )
+    record = record_of(instance)
+    assert record["SecurityGroupIds"] == "sg-1;sg-9"
+    assert record["EbsVolumeIds"] == "vol-a;vol-b"
+    assert record["Ipv6Addresses"] == "2001:db8::1;2001:db8::2"
+
+
+def test_empty_lists_are_empty_cells() -> None:
+    record = record_of(described_instance(SecurityGroups=[], BlockDeviceMappings=[], NetworkInterfaces=[]))
+    assert [record[c] for c in LIST_COLUMNS] == ["", "", ""]
+
+
+def test_a_group_only_on_the_interface_is_listed() -> None:
+    # moto (and an instance whose default group was applied to its interface) leaves SecurityGroups empty.
+    instance = described_instance(SecurityGroups=[], NetworkInterfaces=[{"Groups": [{"GroupId": "sg-def"}]}])
+    assert record_of(instance)["SecurityGroupIds"] == "sg-def"
+
+
+def test_no_reservation_leaves_its_columns_empty() -> None:
+    record = record_of(described_instance())
+    assert (record["ReservationId"], record["OwnerId"]) == ("", "")
+
+
+def test_organisation_context_only_for_accounts_from_organizations() -> None:
+    account = Account(ACCOUNT, "payments-prod", ou_path="Root/Workloads/Prod", tags=(("cost", "42"),))
+    record, _ = instance_record(account, REGION, described_instance(), COLLECTED_AT)
+    assert (record["AccountOuPath"], json.loads(record["AccountTags"])) == (
+        "Root/Workloads/Prod",
+        {"cost": "42"},
+    )
+    assert record_of(described_instance())["AccountTags"] == ""
+
+
+# --- tag columns ----------------------------------------------------------------------------------------
+
+OWNER = ("Owner", ("owner", "Owner", "team"))
+COST = ("CostCenter", ("cost-center", "CostCentre"))
+
+
+def tagged(*tags: tuple[str, str]) -> dict[str, Any]:
+    return described_instance(Tags=[{"Key": k, "Value": v} for k, v in tags])
+
+
+@pytest.mark.parametrize(
+    ("tags", "owner", "source"),
+    [
+        pytest.param([("owner", "a"), ("Owner", "b"), ("team", "c")], "a", "owner", id="first-key-wins"),
+        pytest.param([("team", "c"), ("Owner", "b")], "b", "Owner", id="configured-order-not-tag-order"),
+        pytest.param([("team", "c")], "c", "team", id="last-key"),
+        pytest.param([("OWNER", "x"), ("Team", "y")], "", None, id="case-sensitive"),
+        # An empty value names nobody: the next alias gives the value.
+        pytest.param([("owner", ""), ("Owner", "b")], "b", "Owner", id="empty-value-falls-through"),
+        pytest.param([("owner", ""), ("team", "")], "", None, id="only-empty-values-is-no-match"),
+        pytest.param([("owner", " ")], " ", "owner", id="a-space-is-a-value"),
+        pytest.param([], "", None, id="no-tags"),
+    ],
+)
+def test_tag_column_takes_the_first_configured_key_present(
+    tags: list[tuple[str, str]], owner: str, source: str | None
+) -> None:
+    record, sources = instance_record(
+        Account(ACCOUNT), REGION, tagged(*tags), COLLECTED_AT, tag_columns=[OWNER, COST]
+    )
+    assert tuple(record) == (*COLUMNS, "Owner", "CostCenter")
+    assert record["Owner"] == owner
+    assert record["CostCenter"] == ""
+    assert sources.get("Owner") == source
+    assert "CostCenter" not in sources
+
+
+def test_tag_columns_in_the_csv_after_the_contracts_columns_neutralised() -> None:
+    record, _ = instance_record(
+        Account(ACCOUNT),
+        REGION,
+        tagged(("Name", "web"), ("Owner", "=cmd()"), ("CostCentre", "4711")),
+        COLLECTED_AT,
+        tag_columns=[OWNER, COST],
+    )
+    out = io.StringIO(newline="")
+    rows_to_csv([record], out, columns=columns(["Owner", "CostCenter"]))
+    header, row = parse(out.getvalue())
+    assert header == [*COLUMNS, "Owner", "CostCenter"]
+    assert row[-2:] == ["'=cmd()", "4711"]
+
+
+def test_the_primary_ipv6_address_is_listed_even_without_its_interface() -> None:
+    instance = described_instance(Ipv6Address="2001:db8::7", NetworkInterfaces=[])
+    assert record_of(instance)["Ipv6Addresses"] == "2001:db8::7"

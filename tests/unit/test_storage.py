@@ -199,7 +199,27 @@ def test_write_part_is_gzip_csv_without_header(s3: Any) -> None:
     head = s3.head_object(Bucket=BUCKET, Key=key)
     assert head["ContentEncoding"] == "gzip"
     rows = parse(gzip.decompress(read_body(s3, key)))
-    assert rows == [["111111111111", "eu-west-1", "i-1", "a,b"] + [""] * 11 + ['{"Name": "a,b"}', ""]]
+    # Schema 1's 17 cells (Tags 16th, CollectedAt 17th), then schema 2's 16 appended ones, all empty here.
+    assert rows == [
+        ["111111111111", "eu-west-1", "i-1", "a,b"] + [""] * 11 + ['{"Name": "a,b"}', ""] + [""] * 16
+    ]
+    assert len(COLUMNS) == 33
+
+
+def test_parts_and_merge_carry_the_tag_columns_after_the_contracts(s3: Any) -> None:
+    store = make_store(s3)
+    columns = (*COLUMNS, "Owner", "CostCenter")
+    row = {**record("111111111111", "eu-west-1", "i-1", "web"), "Owner": "=ops", "CostCenter": ""}
+    key = store.layout.part(store.layout.staging(DS, RUN_SCHEDULED), "111111111111")
+    assert store.write_part(key, [row], columns) == 1
+    (cells,) = parse(gzip.decompress(read_body(s3, key)))
+    assert len(cells) == len(columns)
+    assert cells[-2:] == ["'=ops", ""]
+    with spool() as out:
+        store.merge_parts([key], out, columns)
+        header, merged = parse(out.read())
+    assert header == list(columns)
+    assert merged == cells
 
 
 def test_merge_parts_round_trip(s3: Any) -> None:

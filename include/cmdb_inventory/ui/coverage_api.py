@@ -81,6 +81,7 @@ def create_app(
             region=location.region_name,
             manifest_uri=location.uri(location.manifest_key),
             fetched_at=snapshot.fetched_at,
+            held=snapshot.held,
         )
 
     @app.exception_handler(HTTPException)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -58,6 +59,14 @@ CHANGE_KEYS = (
     "reason",
 )
 DOWNLOADS = {"inventory": "ec2_inventory", "changes": "changes"}  # download name -> file stem
+MAX_OU_PATH = 512  # characters kept of an account's OU path
+# The mass-removal guard's states -> css class; HELD has its own (it must stand out), unknown ones "other".
+GUARD_CSS = {
+    contract.GUARD_CLEAR: "ok",
+    contract.GUARD_APPROVED: "ok",
+    contract.GUARD_HELD: "held",
+    contract.GUARD_REJECTED: "role",
+}
 
 
 def text(value: Any, limit: int = MAX_TEXT) -> str:
@@ -128,6 +137,55 @@ def _cell(entry: Mapping[str, Any], account_label: str) -> dict[str, Any]:
     }
 
 
+def share(value: Any) -> str:
+    """A fraction from the manifest as a percentage (``12.5%``); anything but a finite number is empty."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return ""
+    return f"{value:.1%}"
+
+
+def _guard(raw: Any) -> dict[str, Any] | None:
+    """A manifest's ``removal_guard`` (``contract.RemovalGuard``), normalised; ``None`` when it has none."""
+    if not isinstance(raw, Mapping):
+        return None
+    state = text(raw.get("state"), 32) or "UNKNOWN"
+    return {
+        "state": state,
+        "css": GUARD_CSS.get(state, OTHER_INFO[0]),
+        "held": state == contract.GUARD_HELD,
+        "removed": number(raw.get("removed")),
+        "previous_rows": number(raw.get("previous_rows")),
+        "previous_ds": text(raw.get("previous_ds"), 64),
+        "fraction": share(raw.get("fraction")),
+        "max_removed_fraction": share(raw.get("max_removed_fraction")),
+        "reason": text(raw.get("reason")),
+        "decided_by": text(raw.get("decided_by"), 256),
+        "decided_at": text(raw.get("decided_at"), 64),
+    }
+
+
+def _held(raw: Any) -> dict[str, Any] | None:
+    """
+    A dated snapshot newer than ``latest/`` that the guard holds or that was rejected (``coverage_source.
+    fetch_held``: ``ds``, ``dag_run_id``, ``manifest_uri``, ``removal_guard``; or ``error`` when the page
+    could not look), normalised; ``None`` when there is none.
+    """
+    if not isinstance(raw, Mapping):
+        return None
+    if raw.get("error"):
+        return {"error": text(raw.get("error")), "guard": None}
+    guard = _guard(raw.get("removal_guard"))
+    if guard is None or guard["state"] not in (contract.GUARD_HELD, contract.GUARD_REJECTED):
+        return None
+    return {
+        "error": "",
+        "ds": text(raw.get("ds"), 64),
+        "dag_run_id": text(raw.get("dag_run_id"), 250),
+        "manifest_uri": text(raw.get("manifest_uri")),
+        "guard": guard,
+    }
+
+
 def _list_of(raw: Mapping[str, Any], key: str) -> list[Any]:
     """``raw[key]`` when it is a list, else an empty one (a foreign manifest may hold anything)."""
     value = raw.get(key)
@@ -181,10 +239,12 @@ def build_model(
     region: str | None = None,
     manifest_uri: str = "",
     fetched_at: str = "",
+    held: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     Everything the page shows, as JSON-ready data: the snapshot, totals, the accounts x regions grid
-    (cells keyed by region), the failures with their reasons, the changes summary and the CSV's links.
+    (cells keyed by region, each account with its OU path), the failures with their reasons, the changes
+    summary, the CSV's links, the snapshot's mass-removal guard and a newer snapshot the guard ``held``.
     """
     entries = [e for e in manifest.get("coverage") or [] if isinstance(e, Mapping)]
     names: dict[str, str] = {}
@@ -192,6 +252,10 @@ def build_model(
         for item in source if isinstance(source, list) else []:
             if isinstance(item, Mapping) and item.get("id") and item.get("name"):
                 names.setdefault(text(item["id"], 64), text(item["name"], 256))
+    ou_paths: dict[str, str] = {}
+    for item in _list_of(manifest, "expected_accounts"):
+        if isinstance(item, Mapping) and item.get("id") and isinstance(item.get("ou_path"), str):
+            ou_paths.setdefault(text(item["id"], 64), text(item["ou_path"], MAX_OU_PATH))
     for e in entries:
         if e.get("account_name"):
             names.setdefault(text(e.get("account"), 64), text(e["account_name"], 256))
@@ -207,7 +271,15 @@ def build_model(
         label = f"{account_id} ({name})" if name else account_id
         row = accounts.setdefault(
             account_id,
-            {"id": account_id, "name": name, "label": label, "instances": 0, "cells": {}, "failure": None},
+            {
+                "id": account_id,
+                "name": name,
+                "label": label,
+                "ou_path": ou_paths.get(account_id, ""),
+                "instances": 0,
+                "cells": {},
+                "failure": None,
+            },
         )
         cell = _cell(e, label)
         counts[cell["status"]] = counts.get(cell["status"], 0) + 1
@@ -310,6 +382,8 @@ def build_model(
         "legend": legend,
         "changes": changes,
         "not_scanned": not_scanned,
+        "guard": _guard(manifest.get("removal_guard")),  # None: a snapshot from before the guard
+        "held": _held(held),
     }
 
 

@@ -1,16 +1,18 @@
 """
 Where the coverage page reads from: the latest snapshot's manifest in S3, located through the same
 Variable the DAG reads, fetched through the snapshot store (on the Amazon provider's S3 hook machinery) at
-request time, cached briefly.
+request time, cached briefly; and the newest dated snapshot after it, when the mass-removal guard holds it
+(a held snapshot never becomes ``latest/``, so the page looks for it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 CACHE_SECONDS = 30.0
 PRESIGN_SECONDS = 300
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+DS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z", re.ASCII)  # a snapshot folder's date (``ds=YYYY-MM-DD``)
 
 
 class SourceError(RuntimeError):
@@ -61,6 +64,7 @@ class Snapshot:
     location: Location
     manifest: dict[str, Any]
     fetched_at: str
+    held: dict[str, Any] | None = None  # fetch_held's answer: a newer snapshot the guard holds or rejected
 
 
 def location_from_variable() -> Location:
@@ -161,6 +165,52 @@ def fetch_manifest(location: Location, client: Any = None) -> dict[str, Any]:
     return manifest
 
 
+def fetch_held(location: Location, latest: Mapping[str, Any], client: Any = None) -> dict[str, Any] | None:
+    """
+    The newest dated snapshot from ``latest``'s date on, when the mass-removal guard holds it or it was
+    rejected: its ``ds``, ``dag_run_id``, ``manifest_uri`` and ``removal_guard``; ``None`` when there is
+    none. One listing of the ``ds=`` folders and at most one manifest read; an AWS error is ``{"error"}``
+    (the page says it could not look rather than hide a held snapshot).
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from include.cmdb_inventory.contract import GUARD_HELD, GUARD_REJECTED, MANIFEST_NAME
+
+    store = store_of(location, client)
+    root = f"{location.prefix}/ds="
+    latest_ds = str(latest.get("ds") or "")
+    try:
+        dates = sorted(folder[len(root) :].rstrip("/") for folder in store.list_folders(root))
+        # The latest's own date too: a rerun of that date may be the one held (latest/ keeps the old one).
+        newer = [ds for ds in dates if DS_RE.match(ds) and ds >= latest_ds]
+        if not newer:
+            return None
+        key = store.layout.snapshot(newer[-1], MANIFEST_NAME)
+        body = store.get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)
+        manifest = json.loads(body) if len(body) <= MAX_MANIFEST_BYTES else None
+    except ClientError as err:
+        if str(err.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+            return None  # a date with objects but no manifest: nothing was committed there
+        code = str(err.response.get("Error", {}).get("Code", "Unknown"))
+        log.warning("Looking for a held snapshot under %s failed: %s", location.uri(root), code)
+        return {"error": f"could not look for a snapshot after {latest_ds or 'latest/'}: {code}"}
+    except (BotoCoreError, ValueError) as err:
+        code = type(err).__name__
+        log.warning("Looking for a held snapshot under %s failed: %s", location.uri(root), code)
+        return {"error": f"could not look for a snapshot after {latest_ds or 'latest/'}: {code}"}
+    if not isinstance(manifest, dict):
+        return None
+    guard = manifest.get("removal_guard")
+    if not isinstance(guard, dict) or guard.get("state") not in (GUARD_HELD, GUARD_REJECTED):
+        return None
+    return {
+        "ds": manifest.get("ds") or newer[-1],
+        "dag_run_id": manifest.get("dag_run_id"),
+        "manifest_uri": location.uri(key),
+        "removal_guard": guard,
+    }
+
+
 def presigned_url(location: Location, key: str, filename: str, client: Any = None) -> str:
     """
     A short-lived SigV4 GET URL of one object, downloaded as ``filename``, that a browser can use as is
@@ -202,9 +252,12 @@ class SnapshotCache:
         ttl: float = CACHE_SECONDS,
         fetch: Callable[[Location], dict[str, Any]] = fetch_manifest,
         clock: Callable[[], float] = time.monotonic,
+        held: Callable[[Location, Mapping[str, Any]], dict[str, Any] | None] | None = None,
     ) -> None:
         self.ttl = ttl
         self._fetch = fetch
+        # The held-snapshot lookup goes with S3's manifest: a replaced ``fetch`` reads from elsewhere.
+        self._held = held if held is not None else (fetch_held if fetch is fetch_manifest else None)
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[Location, tuple[float, Snapshot]] = {}
@@ -217,7 +270,8 @@ class SnapshotCache:
             if hit and now - hit[0] < self.ttl:
                 return hit[1]
         manifest = self._fetch(location)
-        snapshot = Snapshot(location, manifest, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        held = self._held(location, manifest) if self._held else None
+        snapshot = Snapshot(location, manifest, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), held)
         with self._lock:
             self._entries = {location: (now, snapshot)}  # one configuration at a time: no growth
         return snapshot
