@@ -107,7 +107,9 @@ def _data_inputs(task: Any) -> tuple[dict[str, str], list[str]]:
         return {name: _source_of(arg, where) for name, arg in expand.value.items()}, []
     if getattr(task, "op_kwargs", None):
         raise FloorError(f"{where}: keyword arguments are not carried over")
-    return {}, [_source_of(arg, f"{where} argument {i}") for i, arg in enumerate(task.op_args or ())]
+    # A classic operator (approve_removals' human-in-the-loop) takes no data from its upstream tasks.
+    args = getattr(task, "op_args", None) or ()
+    return {}, [_source_of(arg, f"{where} argument {i}") for i, arg in enumerate(args)]
 
 
 def shape(dag: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, t
 from include.cmdb_inventory.alerts import TaskFailureNotifier, deadline_alert
 from include.cmdb_inventory.approval import RemovalApprovalOperator
 from include.cmdb_inventory.assets import SNAPSHOT_ALIAS
+from include.cmdb_inventory.contract import APPROVAL_TASK_ID
 
 if TYPE_CHECKING:
     from include.cmdb_inventory.contract import RunSummary
@@ -30,6 +31,8 @@ DEADLINE_MINUTES = float(os.environ.get("CMDB_EC2_INVENTORY_DEADLINE_MINUTES", "
 ALERT_TOPIC_ARN = os.environ.get("CMDB_EC2_INVENTORY_ALERT_TOPIC_ARN") or None
 # How long a snapshot held by the mass-removal guard waits for a person before it counts as rejected.
 APPROVAL_TIMEOUT = timedelta(hours=float(os.environ.get("CMDB_EC2_INVENTORY_APPROVAL_TIMEOUT_HOURS", "20")))
+if not timedelta(0) < APPROVAL_TIMEOUT:  # no timeout would let a held run wait (and hold its slot) forever
+    raise ValueError("CMDB_EC2_INVENTORY_APPROVAL_TIMEOUT_HOURS must be a number of hours above 0")
 
 
 @dag(
@@ -128,7 +131,7 @@ def cmdb_ec2_inventory() -> None:
     accounts >> summary  # merge reads resolve_accounts' plan (expected accounts) itself
     notify_cmdb(summary) >> check_coverage(summary)
     # Asks a person only when the mass-removal guard holds this run's snapshot; skipped otherwise.
-    summary >> RemovalApprovalOperator(task_id="approve_removals", response_timeout=APPROVAL_TIMEOUT)
+    summary >> RemovalApprovalOperator(task_id=APPROVAL_TASK_ID, response_timeout=APPROVAL_TIMEOUT)
 
 
 cmdb_ec2_inventory()

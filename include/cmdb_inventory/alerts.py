@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from airflow.sdk.definitions.callback import SyncCallback
 from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
 from include.cmdb_inventory import notify
+from include.cmdb_inventory.invocation import running_dags_test
 from include.cmdb_inventory.text import clean
 
 if TYPE_CHECKING:
@@ -89,12 +89,6 @@ class TaskFailureNotifier(BaseNotifier):
             )
         except Exception:
             log.exception("Could not publish the failure alert:\n%s", text)
-
-
-def running_dags_test(argv: Sequence[str] | None = None) -> bool:
-    """Whether this process is Airflow's ``airflow dags test`` command (``python -m airflow`` included)."""
-    words = [a for a in (sys.argv if argv is None else argv)[1:] if not a.startswith("-")]
-    return words[:2] == ["dags", "test"]
 
 
 def deadline_alert(minutes: float, topic_arn: str | None = None) -> DeadlineAlert | None:

@@ -329,7 +329,7 @@ def find_previous(
         elif manifest and not guard.may_publish(manifest):
             # A snapshot held by the mass-removal guard (or rejected) is not a baseline: comparing with it
             # would let the next night's snapshot repeat its removals without anyone approving them.
-            state = (manifest.get("removal_guard") or {}).get("state")
+            state = guard.state_of(manifest)
             unusable.append(f"{candidate}, whose snapshot is {state} by the mass-removal guard")
         elif manifest and manifest.get("complete") is True and manifest.get("csv_key"):
             skipped = f"; skipped {'; '.join(unusable)}" if unusable else ""

@@ -180,7 +180,7 @@ _KNOWN_KEYS = {
 
 # A tag column's name: a CSV header cell that every CMDB import tool and SQL engine takes as it is.
 TAG_COLUMN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z", re.ASCII)
-TAG_KEY_MAX = 128  # EC2 tag keys: 1-128 characters
+TAG_KEY_MAX = 128  # EC2's limit on a tag key's length
 TAG_COLUMNS_MAX = 50
 
 

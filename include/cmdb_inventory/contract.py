@@ -101,6 +101,7 @@ GUARD_HELD = "HELD"
 GUARD_APPROVED = "APPROVED"
 GUARD_REJECTED = "REJECTED"
 GUARD_STATES = (GUARD_CLEAR, GUARD_HELD, GUARD_APPROVED, GUARD_REJECTED)
+APPROVAL_TASK_ID = "approve_removals"  # the inventory DAG's task where a person decides on a HELD snapshot
 
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]")
 

@@ -54,6 +54,23 @@ def assess(
     return verdict
 
 
+def unverifiable(detail: str, max_removed_fraction: float) -> RemovalGuard:
+    """
+    The verdict when a previous complete snapshot was found but could not be compared (its CSV missing or
+    altered): how many instances are gone is unknown, so a person decides.
+    """
+    return {
+        "state": GUARD_HELD,
+        "removed": 0,
+        "previous_rows": 0,
+        "previous_ds": None,
+        "fraction": None,
+        "max_removed_fraction": max_removed_fraction,
+        "reason": f"the change report could not compare with the previous snapshot ({detail}): how many "
+        "instances were removed is unknown, so latest/ and the snapshot Asset event wait for a person",
+    }
+
+
 def state_of(manifest: Mapping[str, Any] | None) -> str | None:
     """A snapshot's guard state; ``None`` for a snapshot written before the guard (or none)."""
     guard = (manifest or {}).get("removal_guard")

@@ -482,6 +482,7 @@ def _write_commit(
             "dag-run-id": header_safe(run.run_id)[:200],
             "sha256": sha256,
             "rows": str(manifest["row_count"]),
+            "schema-version": str(SCHEMA_VERSION),  # the CSV's columns (contract.COLUMNS)
             COMMIT_ID_METADATA: attempt,
         }
         store.upload_csv(csv_file, csv_key, metadata)
@@ -531,6 +532,11 @@ def assess_removals(settings: Settings, manifest: Mapping[str, Any]) -> RemovalG
     """The mass-removal guard's verdict on a snapshot, from its change summary."""
     summary = manifest.get("changes") or {}
     compared = summary.get("status") == changes.COMPARED
+    if summary.get("status") == changes.FAILED:
+        # A previous snapshot was found but could not be read back: its removals are unknown, not zero.
+        verdict = guard.unverifiable(str(summary.get("detail") or ""), settings.max_removed_fraction)
+        log.warning("Holding latest/ for %s: %s", manifest.get("ds"), verdict["reason"])
+        return verdict
     verdict = guard.assess(
         removed=int(summary.get("removed") or 0) if compared else 0,
         previous_rows=int(summary.get("previous_rows") or 0) if compared else 0,
@@ -568,12 +574,15 @@ def _place(store: SnapshotStore, entry: PublishedFile, key: str) -> None:
         store.copy_sized(str(entry["key"]), key, entry.get("bytes"))
 
 
-def _refresh(store: SnapshotStore, snapshot: Mapping[str, Any], *, latest: bool) -> None:
+def _refresh(
+    store: SnapshotStore, snapshot: Mapping[str, Any], *, latest: bool, keep: str | None = None
+) -> None:
     """
     Refresh the fixed-name copies of a committed snapshot: ``ds=D/`` (and ``latest/`` when ``latest``,
     its manifest last), then remove the date's other commits' objects (the snapshot this one replaced,
     attempts that died before committing), then the date's CSV, last. Each step is idempotent: an attempt
-    interrupted anywhere is finished by the next one (see :func:`_unfinished`).
+    interrupted anywhere is finished by the next one (see :func:`_unfinished`). ``keep``: a commit folder
+    of the date that ``latest/`` still names (it lags behind a snapshot the removal guard holds).
     """
     layout, ds = store.layout, str(snapshot["ds"])
     *rest, last = _published(snapshot)
@@ -585,7 +594,7 @@ def _refresh(store: SnapshotStore, snapshot: Mapping[str, Any], *, latest: bool)
         store.put_json(layout.latest(MANIFEST_NAME), snapshot)
     if snapshot.get("commit_prefix"):
         kept = tuple(
-            f"{p}/" for p in (snapshot["commit_prefix"], snapshot.get("replaces_commit_prefix")) if p
+            f"{p}/" for p in (snapshot["commit_prefix"], snapshot.get("replaces_commit_prefix"), keep) if p
         )
         store.delete_keys(k for k in store.list_keys(layout.commits(ds)) if not k.startswith(kept))
     _place(store, last, layout.snapshot(ds, last["name"]))
@@ -630,8 +639,12 @@ def publish(
     )
     # A snapshot held by the mass-removal guard (or rejected) keeps its date's copies, never latest/.
     to_latest = (newer or stale) and guard.may_publish(snapshot)
+    # latest/'s objects of this date stay while latest/ names them (until a publishable commit replaces it).
+    keep = None
+    if latest is not None and str(latest.get("ds", "")) == run.ds and not to_latest:
+        keep = latest.get("commit_prefix")
     if written or newer or stale or _unfinished(store, snapshot):
-        _refresh(store, snapshot, latest=to_latest)
+        _refresh(store, snapshot, latest=to_latest, keep=keep)
         return to_latest, _unusable(store, latest_doc)
     return False, _unusable(store, latest_doc)
 
@@ -767,7 +780,7 @@ class DecisionError(RuntimeError):
     """The held snapshot can no longer be decided on (another run replaced the date's snapshot)."""
 
 
-def undecided_snapshot(store: SnapshotStore, run: RunInfo) -> Manifest | None:
+def awaiting_decision(store: SnapshotStore, run: RunInfo) -> Manifest | None:
     """
     The date's snapshot when it is this run's and waits for a person (HELD; or REJECTED, when an operator
     clears the approval task to decide again); else ``None``: nothing to ask.
@@ -805,11 +818,11 @@ def settle_removals(
     settings: Settings, run: RunInfo, store: SnapshotStore, *, approved: bool, decided_by: str
 ) -> dict[str, Any]:
     """
-    A person's decision on the run's held snapshot: record it in the date's manifest; when approved,
-    publish ``latest/`` (if the date is still the newest) like a merge would. Returns what the asset event
-    and the notification need (``written`` true only when approved).
+    A person's decision on the run's held snapshot: record it in the date's manifest, then follow it (see
+    :func:`follow_decision`). The decision is recorded first, so a try that dies after it is finished by
+    the next try (:func:`unfinished_approval`) rather than asking again.
     """
-    manifest = undecided_snapshot(store, run)
+    manifest = awaiting_decision(store, run)
     if manifest is None:
         raise DecisionError(
             f"the snapshot of {run.ds} is no longer run {run.run_id}'s held snapshot (another run replaced "
@@ -819,16 +832,42 @@ def settle_removals(
         manifest["removal_guard"], approved=approved, by=decided_by, at=now_utc()
     )
     store.put_json(store.layout.snapshot(run.ds, MANIFEST_NAME), manifest)
+    return follow_decision(store, run, manifest)
+
+
+def unfinished_approval(store: SnapshotStore, run: RunInfo) -> dict[str, Any] | None:
+    """
+    An approval of this run that an earlier try recorded but did not publish (it died before): publish it
+    now; ``None`` when there is none, or nothing is left to publish.
+    """
+    manifest = store.get_json(store.layout.snapshot(run.ds, MANIFEST_NAME))
+    if not manifest or manifest.get("dag_run_id") != run.run_id:
+        return None
+    if guard.state_of(manifest) != contract.GUARD_APPROVED:
+        return None
+    decision = follow_decision(store, run, manifest)
+    return decision if decision["latest_updated"] else None
+
+
+def follow_decision(store: SnapshotStore, run: RunInfo, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Act on a recorded decision: when approved, publish ``latest/`` (if the date is still the newest) like a
+    merge would. Returns what the asset event and the notification need.
+    """
+    guard_doc = manifest["removal_guard"]
+    state = str(guard_doc["state"])
     latest_updated = False
-    if approved:
+    if state == contract.GUARD_APPROVED:
         latest_updated, _ = publish(store, run, manifest, written=False)
-    state = manifest["removal_guard"]["state"]
+    decided_by = str(guard_doc.get("decided_by") or "")
     log.warning("%s the snapshot of %s (by %s); latest/ moved: %s", state, run.ds, decided_by, latest_updated)
     layout = store.layout
     return {
         "ds": run.ds,
         "dag_run_id": run.run_id,
-        "written": approved,
+        # The Asset event follows latest/: an approved snapshot that a newer date already passed (latest/
+        # did not move) sends none, or an import would apply the older snapshot after the newer one.
+        "written": latest_updated,
         "state": state,
         "decided_by": decided_by,
         "csv_uri": store.uri(layout.snapshot(run.ds, CSV_NAME)),
@@ -840,7 +879,7 @@ def settle_removals(
         "accounts_expected": manifest.get("accounts_expected", 0),
         "accounts_covered": manifest.get("accounts_covered", 0),
         "subset": bool(manifest.get("subset")),
-        "removal_guard": manifest["removal_guard"],
+        "removal_guard": guard_doc,
     }
 
 

@@ -14,7 +14,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
-from include.cmdb_inventory.contract import GUARD_APPROVED, GUARD_HELD
+from include.cmdb_inventory import guard
+from include.cmdb_inventory.contract import APPROVAL_TASK_ID, GUARD_APPROVED
 from include.cmdb_inventory.text import (
     ELLIPSIS,
     MAX_LINE_CHARS,
@@ -208,19 +209,10 @@ def _fit(head: Sequence[str], parts: Sequence[_Listing]) -> str:
     return cut_published("\n".join(lines), MAX_MESSAGE_BYTES)
 
 
-# The approval task of the inventory DAG (its id; the Airflow UI's Required Actions lists it).
-APPROVAL_TASK_ID = "approve_removals"
-
-
-def _held(summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    guard = summary.get("removal_guard")
-    return guard if isinstance(guard, Mapping) and guard.get("state") == GUARD_HELD else None
-
-
 def subject(summary: RunSummary) -> str:
     """A short subject line: shorter than SNS allows (``SNS_SUBJECT_MAX``), no control characters."""
     state = "complete" if summary.get("snapshot_complete") else "INCOMPLETE"
-    if _held(summary):
+    if guard.is_held(summary):
         state = "HELD for approval"
     text = f"EC2 inventory {clean(summary['ds'])}: {clean(summary['row_count'])} instances, {state}"
     return clean(text, SNS_SUBJECT_MAX - 1)
@@ -228,9 +220,17 @@ def subject(summary: RunSummary) -> str:
 
 def guard_lines(summary: Mapping[str, Any], approval_url: str | None = None) -> list[str]:
     """What the mass-removal guard holds and why, and where a person decides (none when nothing is held)."""
-    held = _held(summary)
-    if held is None:
+    if not guard.is_held(summary):
         return []
+    held = summary["removal_guard"]
+    if not summary.get("written"):
+        # The date's snapshot is another run's: that run's approval decides, not this one's.
+        return [
+            "",
+            "HELD:     the date's snapshot waits for a person to approve it in the run that wrote it "
+            f"(task {APPROVAL_TASK_ID}); this run wrote nothing. latest/ shows the previous snapshot.",
+            f"Why:      {clean(held.get('reason'), MAX_TEXT_CHARS)}",
+        ]
     run_id = clean(summary["dag_run_id"], MAX_TEXT_CHARS)
     where = (
         clean(approval_url, MAX_TEXT_CHARS)

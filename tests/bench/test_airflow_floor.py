@@ -45,7 +45,9 @@ def test_the_floor_dag_has_the_shipped_dags_task_graph(tmp_path: Path, shipped_e
         "merge_inventory",
         "notify_cmdb",
         "check_coverage",
+        "approve_removals",
     ]
+    assert tasks["approve_removals"]["upstream"] == ["merge_inventory"]
     scan = tasks["scan_account"]
     assert scan["mapped"]
     assert scan["expands"] == {"account": "resolve_accounts"}

@@ -214,7 +214,7 @@ def test_deadline_alert_is_on_by_default_and_never_queued_at(dag: Any) -> None:
     ],
 )
 def test_the_alert_is_left_out_only_under_airflow_dags_test(argv: list[str], dags_test: bool) -> None:
-    from include.cmdb_inventory.alerts import running_dags_test
+    from include.cmdb_inventory.invocation import running_dags_test
 
     assert running_dags_test(argv) is dags_test
 

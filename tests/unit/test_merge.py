@@ -191,6 +191,7 @@ def test_manifest_fields(s3: Any, store: SnapshotStore) -> None:
     assert summary["removal_guard"] == manifest["removal_guard"]
     assert manifest["tag_columns"] == []
     assert manifest["schema_version"] == 2
+    assert manifest["accounts_expected"] == 3
     assert manifest["accounts_covered"] == 3
     assert manifest["regions_scanned"] == 5
 

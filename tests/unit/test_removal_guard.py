@@ -118,7 +118,7 @@ def test_approval_publishes_latest_and_sends_the_asset_event(store: SnapshotStor
     merged(store, D1, {"us-east-1": 20})
     merged(store, D2, {"us-east-1": 10})
     config = make_settings((A,))
-    request = inventory.undecided_snapshot(store, night(D2))
+    request = inventory.awaiting_decision(store, night(D2))
     assert request is not None
     subject, body = inventory.approval_request(request)
     assert "10 instances would be REMOVED" in subject
@@ -138,7 +138,7 @@ def test_approval_publishes_latest_and_sends_the_asset_event(store: SnapshotStor
     assert [e["ds"] for e in outlets.added] == [D2]
     assert "APPROVED by alice" in notify.decision_message(decision)
     # Decided: nothing is left to ask, and deciding again is refused with why.
-    assert inventory.undecided_snapshot(store, night(D2)) is None
+    assert inventory.awaiting_decision(store, night(D2)) is None
     with pytest.raises(inventory.DecisionError, match="no longer run"):
         inventory.settle_removals(config, night(D2), store, approved=False, decided_by="bob")
 
@@ -179,7 +179,7 @@ def test_a_rerun_merge_of_a_rejected_date_is_held_again(store: SnapshotStore) ->
     assert again["removal_guard"]["state"] == contract.GUARD_HELD
     assert not again["latest_updated"]
     assert latest_ds(store) == D1
-    assert inventory.undecided_snapshot(store, night(D2)) is not None
+    assert inventory.awaiting_decision(store, night(D2)) is not None
 
 
 def test_a_held_snapshot_is_not_the_baseline_while_it_waits(store: SnapshotStore) -> None:
@@ -204,3 +204,94 @@ def test_max_removed_fraction_is_validated_and_named() -> None:
         with pytest.raises(ConfigError, match="max_removed_fraction"):
             make_settings((A,), max_removed_fraction=bad)
     assert make_settings((A,)).max_removed_fraction == 0.1  # the shipped default
+
+
+def test_an_approval_after_a_newer_date_sends_no_event(store: SnapshotStore) -> None:
+    """A late approval must not make downstream imports apply an older snapshot after a newer one."""
+    merged(store, D1, {"us-east-1": 20})
+    merged(store, D2, {"us-east-1": 10})  # held
+    third = merged(store, D3, {"us-east-1": 20})  # compared with D1: nothing removed; latest/ moves to D3
+    assert third["latest_updated"]
+    decision = inventory.settle_removals(
+        make_settings((A,)), night(D2), store, approved=True, decided_by="al"
+    )
+    assert decision["state"] == contract.GUARD_APPROVED
+    assert not decision["latest_updated"]
+    assert latest_ds(store) == D3
+    outlets = Outlets()
+    assert assets.emit_snapshot_event(outlets, decision) is False
+    assert outlets.added == []
+    assert "a newer date is already there" in notify.decision_message(decision)
+
+
+def test_an_approval_recorded_by_a_try_that_died_is_published_by_the_next(
+    store: SnapshotStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    merged(store, D1, {"us-east-1": 20})
+    merged(store, D2, {"us-east-1": 10})
+    config = make_settings((A,))
+
+    def died(*_: Any, **__: Any) -> Any:
+        raise ConnectionError("the worker died while publishing")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(inventory, "publish", died)
+        with pytest.raises(ConnectionError):
+            inventory.settle_removals(config, night(D2), store, approved=True, decided_by="alice")
+    assert guard.state_of(store.get_json(store.layout.snapshot(D2, MANIFEST_NAME))) == contract.GUARD_APPROVED
+    assert latest_ds(store) == D1
+    # The retry finds nothing to ask, but the recorded approval to finish: latest/ and the event follow.
+    assert inventory.awaiting_decision(store, night(D2)) is None
+    finished = inventory.unfinished_approval(store, night(D2))
+    assert finished is not None
+    assert finished["latest_updated"]
+    assert latest_ds(store) == D2
+    assert assets.emit_snapshot_event(Outlets(), finished) is True
+    assert inventory.unfinished_approval(store, night(D2)) is None  # done: a later retry skips
+
+
+def test_a_run_that_wrote_nothing_points_to_the_run_that_holds(store: SnapshotStore) -> None:
+    merged(store, D1, {"us-east-1": 20})
+    merged(store, D2, {"us-east-1": 10})  # held by the nightly run
+    config = make_settings((A,))
+    rerun = run_info(run_id=f"manual__{D2}T09:00:00+00:00", ds=D2)
+    report_ok(store, rerun, A, {"us-east-1": 10})
+    summary = inventory.merge_inventory(config, rerun, store, expected_of(config))
+    assert not summary["written"]
+    assert guard.is_held(summary)  # the date's snapshot is held ...
+    text = notify.message(summary)
+    assert "in the run that wrote it" in text  # ... by another run: this one's approval asks nothing
+    assert "Decide:" not in text
+    assert inventory.awaiting_decision(store, rerun) is None
+
+
+def test_latest_keeps_its_objects_while_reruns_of_its_date_are_held(store: SnapshotStore, s3: Any) -> None:
+    merged(store, D1, {"us-east-1": 20})
+    merged(store, D2, {"us-east-1": 10})
+    config = make_settings((A,))
+    inventory.settle_removals(config, night(D2), store, approved=True, decided_by="alice")
+    # Two overwrite reruns of D2 remove even more: each is held; latest/ still names the approved commit.
+    for hour, count in (("09", 5), ("10", 4)):
+        rerun = run_info(run_id=f"manual__{D2}T{hour}:00:00+00:00", ds=D2)
+        report_ok(store, rerun, A, {"us-east-1": count})
+        held = inventory.merge_inventory(config, rerun, store, expected_of(config), overwrite=True)
+        assert held["written"]
+        assert guard.is_held(held)
+    latest = store.get_json(store.layout.latest(MANIFEST_NAME))
+    assert latest is not None
+    assert latest["row_count"] == 10
+    assert len(csv_rows(s3, latest["csv_key"])) == 1 + 10  # the object latest/ names still exists
+
+
+def test_a_comparison_that_failed_holds_latest(store: SnapshotStore) -> None:
+    merged(store, D1, {"us-east-1": 20})
+    previous = store.get_json(store.layout.snapshot(D1, MANIFEST_NAME))
+    assert previous is not None
+    store.put_bytes(previous["csv_key"], b"Account,Region\r\n", "text/csv")  # altered since: sha256 differs
+    summary = merged(store, D2, {"us-east-1": 20})
+    assert summary["changes"] is not None
+    assert summary["changes"]["status"] == "ERROR"
+    assert summary["removal_guard"] is not None
+    assert summary["removal_guard"]["state"] == contract.GUARD_HELD
+    assert "could not compare" in summary["removal_guard"]["reason"]
+    assert latest_ds(store) == D1
