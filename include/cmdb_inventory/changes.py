@@ -12,7 +12,6 @@ merge-join: memory does not grow with the number of instances.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import re
@@ -24,7 +23,7 @@ from include.cmdb_inventory import contract, guard
 from include.cmdb_inventory.aws.redaction import scrub
 from include.cmdb_inventory.contract import CHANGES_NAME, MANIFEST_NAME
 from include.cmdb_inventory.records import Record, neutralise
-from include.cmdb_inventory.storage import CHUNK, spool
+from include.cmdb_inventory.storage import digest_of, spool
 from include.cmdb_inventory.text import MAX_TEXT_CHARS, MAX_VALUE_CHARS, clean
 
 if TYPE_CHECKING:
@@ -359,15 +358,6 @@ def _download(store: SnapshotStore, manifest: Mapping[str, Any], out: IO[bytes])
         )
 
 
-def _sha256(fileobj: IO[bytes]) -> str:
-    fileobj.seek(0)
-    digest = hashlib.sha256()
-    while chunk := fileobj.read(CHUNK):
-        digest.update(chunk)
-    fileobj.seek(0)
-    return digest.hexdigest()
-
-
 def compare(
     previous_manifest: Mapping[str, Any],
     previous_csv: IO[bytes],
@@ -439,9 +429,7 @@ def write_changes(
                 write_rows([], out)
         else:
             write_rows([], out)
-        sha256 = _sha256(out)
-        size = out.seek(0, io.SEEK_END)
-        out.seek(0)
+        sha256, size = digest_of(out)
         summary.update(tally.summary(), sha256=sha256, bytes=size)
         store.upload_csv(
             out,

@@ -18,7 +18,6 @@ snapshot writes ``{prefix}/athena/{table}/ds=YYYY-MM-DD/symlink.txt`` naming its
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from include.cmdb_inventory.contract import (
     PARQUET_NAME,
     SCHEMA_VERSION,
 )
-from include.cmdb_inventory.storage import CHUNK, spool
+from include.cmdb_inventory.storage import CHUNK, digest_of, spool
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -187,19 +186,13 @@ def write_formats(
                 raise RuntimeError(
                     f"Parquet has {counts['row_count']} rows, the manifest {manifest.get('row_count')}"
                 )
-            out.seek(0)
-            digest = hashlib.sha256()
-            size = 0
-            while chunk := out.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-            out.seek(0)
+            sha256, size = digest_of(out)
             store.upload_file(
                 out,
                 parquet_key,
                 PARQUET_CONTENT_TYPE,
                 {
-                    "sha256": digest.hexdigest(),
+                    "sha256": sha256,
                     "rows": str(counts["row_count"]),
                     "schema-version": str(PARQUET_SCHEMA_VERSION),
                 },
@@ -211,7 +204,7 @@ def write_formats(
             "row_count": counts["row_count"],
             "row_groups": counts["row_groups"],
             "bytes": size,
-            "sha256": digest.hexdigest(),
+            "sha256": sha256,
             "compression": PARQUET_COMPRESSION,
         }
         log.info("Wrote %s (%d rows, %d bytes)", store.uri(parquet_key), counts["row_count"], size)

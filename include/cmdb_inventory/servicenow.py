@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import logging
@@ -61,7 +60,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from include.cmdb_inventory.contract import IRE_PAYLOAD_NAME
 from include.cmdb_inventory.records import neutralise
-from include.cmdb_inventory.storage import CHUNK, spool
+from include.cmdb_inventory.storage import CHUNK, digest_of, spool
 
 if TYPE_CHECKING:
     from include.cmdb_inventory.storage import SnapshotStore
@@ -310,19 +309,13 @@ def write_payload(
                 f"the payload lists {counts['instances'] - counts['retired']} instances, the manifest "
                 f"{manifest.get('row_count')}"
             )
-        out.seek(0)
-        digest = hashlib.sha256()
-        size = 0
-        while chunk := out.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-        out.seek(0)
+        sha256, size = digest_of(out)
         store.upload_file(
             out,
             key,
             IRE_CONTENT_TYPE,
             {
-                "sha256": digest.hexdigest(),
+                "sha256": sha256,
                 "items": str(counts["items"]),
                 "schema-version": str(IRE_PAYLOAD_SCHEMA_VERSION),
             },
@@ -343,7 +336,7 @@ def write_payload(
         "format": f"ServiceNow Identification and Reconciliation API request body (POST {IRE_ENDPOINT})",
         "compression": "gzip",
         "bytes": size,
-        "sha256": digest.hexdigest(),
+        "sha256": sha256,
         **counts,
         "cells": "as in the CSV (formula-neutralised with a leading ')",
     }

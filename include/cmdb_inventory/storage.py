@@ -519,6 +519,18 @@ def spool(max_memory: int = 8 * CHUNK) -> IO[bytes]:
     return tempfile.SpooledTemporaryFile(max_size=max_memory, mode="w+b")
 
 
+def digest_of(fileobj: IO[bytes]) -> tuple[str, int]:
+    """The SHA-256 and size of a spooled file's whole content, ``CHUNK`` at a time; left at its start."""
+    fileobj.seek(0)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := fileobj.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    fileobj.seek(0)
+    return digest.hexdigest(), size
+
+
 # What manifests written before subsets were recorded say for a run whose accounts Param named the accounts.
 _PARAMS_SOURCE = "params.accounts"
 

@@ -911,6 +911,11 @@ def test_fetch_held_finds_the_newest_dated_snapshot_the_guard_holds(moto_url: st
     found = fetch_held(location, latest, s3)
     assert found is not None
     assert (found["ds"], found["removal_guard"]["state"]) == ("2026-11-22", "REJECTED")
+    # A newer date holding only an attempt in progress (objects, no manifest yet) hides nothing.
+    s3.put_object(Bucket=bucket, Key="team/inv/ds=2026-11-23/run=r/try1-x/ec2_inventory.csv", Body=b"")
+    found = fetch_held(location, latest, s3)
+    assert found is not None
+    assert found["ds"] == "2026-11-22"
     put("2026-11-23", None)  # from before the guard
     assert fetch_held(location, latest, s3) is None
     s3.put_object(Bucket=bucket, Key="team/inv/ds=2026-11-24/manifest.json", Body=b"{broken")

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 CACHE_SECONDS = 30.0
 PRESIGN_SECONDS = 300
 MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+HELD_LOOKBACK = 3  # dates (newest first) whose manifest may be read looking for a held snapshot
 DS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z", re.ASCII)  # a snapshot folder's date (``ds=YYYY-MM-DD``)
 
 
@@ -169,7 +170,8 @@ def fetch_held(location: Location, latest: Mapping[str, Any], client: Any = None
     """
     The newest dated snapshot from ``latest``'s date on, when the mass-removal guard holds it or it was
     rejected: its ``ds``, ``dag_run_id``, ``manifest_uri`` and ``removal_guard``; ``None`` when there is
-    none. One listing of the ``ds=`` folders and at most one manifest read; an AWS error is ``{"error"}``
+    none. One listing of the ``ds=`` folders and a manifest read for the newest date that has one (at most
+    ``HELD_LOOKBACK`` tried); an AWS error is ``{"error"}``
     (the page says it could not look rather than hide a held snapshot).
     """
     from botocore.exceptions import BotoCoreError, ClientError
@@ -183,14 +185,21 @@ def fetch_held(location: Location, latest: Mapping[str, Any], client: Any = None
         dates = sorted(folder[len(root) :].rstrip("/") for folder in store.list_folders(root))
         # The latest's own date too: a rerun of that date may be the one held (latest/ keeps the old one).
         newer = [ds for ds in dates if DS_RE.match(ds) and ds >= latest_ds]
-        if not newer:
-            return None
-        key = store.layout.snapshot(newer[-1], MANIFEST_NAME)
-        body = store.get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)
-        manifest = json.loads(body) if len(body) <= MAX_MANIFEST_BYTES else None
+        manifest, key, found_ds = None, "", ""
+        # The newest date with a manifest: a newer folder may hold only an attempt in progress (or one that
+        # died before committing), which must not hide a held snapshot under it.
+        for ds in reversed(newer[-HELD_LOOKBACK:]):
+            key = store.layout.snapshot(ds, MANIFEST_NAME)
+            try:
+                body = store.get_bytes(key, max_bytes=MAX_MANIFEST_BYTES)
+            except ClientError as err:
+                if str(err.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+                    continue
+                raise
+            manifest = json.loads(body) if len(body) <= MAX_MANIFEST_BYTES else None
+            found_ds = ds
+            break
     except ClientError as err:
-        if str(err.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
-            return None  # a date with objects but no manifest: nothing was committed there
         code = str(err.response.get("Error", {}).get("Code", "Unknown"))
         log.warning("Looking for a held snapshot under %s failed: %s", location.uri(root), code)
         return {"error": f"could not look for a snapshot after {latest_ds or 'latest/'}: {code}"}
@@ -204,7 +213,7 @@ def fetch_held(location: Location, latest: Mapping[str, Any], client: Any = None
     if not isinstance(guard, dict) or guard.get("state") not in (GUARD_HELD, GUARD_REJECTED):
         return None
     return {
-        "ds": manifest.get("ds") or newer[-1],
+        "ds": manifest.get("ds") or found_ds,
         "dag_run_id": manifest.get("dag_run_id"),
         "manifest_uri": location.uri(key),
         "removal_guard": guard,
