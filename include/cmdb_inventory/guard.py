@@ -43,8 +43,7 @@ def assess(
         verdict["state"] = GUARD_HELD
         verdict["reason"] = (
             f"{removed} of the {previous_rows} instances of the snapshot of {verdict['previous_ds']} "
-            f"({fraction:.1%}) would be REMOVED, more than max_removed_fraction {max_removed_fraction:g}: "
-            "latest/ and the snapshot Asset event wait for a person to approve it"
+            f"({fraction:.1%}) would be REMOVED, more than max_removed_fraction {max_removed_fraction:g}"
         )
     else:
         verdict["reason"] = (
@@ -67,7 +66,7 @@ def unverifiable(detail: str, max_removed_fraction: float) -> RemovalGuard:
         "fraction": None,
         "max_removed_fraction": max_removed_fraction,
         "reason": f"the change report could not compare with the previous snapshot ({detail}): how many "
-        "instances were removed is unknown, so latest/ and the snapshot Asset event wait for a person",
+        "instances were removed is unknown",
     }
 
 

@@ -33,7 +33,7 @@ from include.cmdb_inventory.contract import (
     TagColumn,
     UnusableDocument,
 )
-from include.cmdb_inventory.notify import Receipt
+from include.cmdb_inventory.notify import Prompt, Receipt
 from include.cmdb_inventory.run import RunInfo, check_session_duration, hook_for, now_utc
 from include.cmdb_inventory.storage import (
     Document,
@@ -764,13 +764,13 @@ def merge_inventory(
 # --- notify and check -------------------------------------------------------------------------------------
 
 
-def notify_cmdb(settings: Settings, summary: RunSummary, approval_url: str | None = None) -> Receipt:
+def notify_cmdb(settings: Settings, summary: RunSummary, prompt: Prompt | None = None) -> Receipt:
     """
     Publish the summary to the CMDB team's topic (or log it when no topic is configured); return a small
     receipt (the XCom): where it went, its subject, its size and SNS's message id, never the text itself.
-    ``approval_url``: where a person approves a snapshot the mass-removal guard holds.
+    ``prompt``: where and how a person decides on a snapshot the mass-removal guard holds.
     """
-    return notify.send(settings, notify.subject(summary), notify.message(summary, approval_url))
+    return notify.send(settings, notify.subject(summary), notify.message(summary, prompt))
 
 
 # --- the mass-removal guard's decision ---------------------------------------------------------------------

@@ -218,7 +218,15 @@ def subject(summary: RunSummary) -> str:
     return clean(text, SNS_SUBJECT_MAX - 1)
 
 
-def guard_lines(summary: Mapping[str, Any], approval_url: str | None = None) -> list[str]:
+class Prompt(NamedTuple):
+    """How a person decides on a held snapshot: the approval's page, whether anyone is asked, its timeout."""
+
+    url: str | None = None
+    asked: bool = True  # False under airflow dags test, which nobody can answer
+    timeout_hours: float | None = None
+
+
+def guard_lines(summary: Mapping[str, Any], prompt: Prompt | None = None) -> list[str]:
     """What the mass-removal guard holds and why, and where a person decides (none when nothing is held)."""
     if not guard.is_held(summary):
         return []
@@ -229,26 +237,36 @@ def guard_lines(summary: Mapping[str, Any], approval_url: str | None = None) -> 
             "",
             "HELD:     the date's snapshot waits for a person to approve it in the run that wrote it "
             f"(task {APPROVAL_TASK_ID}); this run wrote nothing. latest/ shows the previous snapshot.",
-            f"Why:      {clean(held.get('reason'), MAX_TEXT_CHARS)}",
+            f"Because:  {clean(held.get('reason'), MAX_TEXT_CHARS)}",
+        ]
+    prompt = prompt or Prompt()
+    head = [
+        "",
+        "HELD:     latest/ and the snapshot Asset event wait for a person to approve this snapshot.",
+        f"Because:  {clean(held.get('reason'), MAX_TEXT_CHARS)}",
+    ]
+    if not prompt.asked:
+        return [
+            *head,
+            "Decide:   nobody is asked under airflow dags test: the snapshot stays held and latest/ as it "
+            "is; run the date under a scheduler to approve or reject it.",
         ]
     run_id = clean(summary["dag_run_id"], MAX_TEXT_CHARS)
     where = (
-        clean(approval_url, MAX_TEXT_CHARS)
-        if approval_url
+        clean(prompt.url, MAX_TEXT_CHARS)
+        if prompt.url
         else f"the Airflow UI: Browse > Required Actions, DAG run {run_id}, task {APPROVAL_TASK_ID}"
     )
+    timeout = f" after {prompt.timeout_hours:g} hours" if prompt.timeout_hours else ""
     return [
-        "",
-        "HELD:     latest/ and the snapshot Asset event wait for a person to approve this snapshot.",
-        f"Why:      {clean(held.get('reason'), MAX_TEXT_CHARS)}",
+        *head,
         f"Decide:   approve or reject it in {where}",
         "          Rejecting leaves latest/ as it is; the snapshot stays under its date "
-        f"({clean(summary['csv_uri'], MAX_TEXT_CHARS)}). Without an answer it is rejected when the "
-        "approval times out.",
+        f"({clean(summary['csv_uri'], MAX_TEXT_CHARS)}). Without an answer it is rejected{timeout}.",
     ]
 
 
-def message(summary: RunSummary, approval_url: str | None = None) -> str:
+def message(summary: RunSummary, prompt: Prompt | None = None) -> str:
     """
     Where the CSV is, what it holds and covers, what the mass-removal guard holds (and where to decide),
     each gap with its reason and the first changes, as many as fit in :data:`MAX_MESSAGE_BYTES` (the rest
@@ -276,7 +294,7 @@ def message(summary: RunSummary, approval_url: str | None = None) -> str:
         lines.append(f"Latest:   {summary['latest_uri']}")
     if summary.get("parquet_uri"):
         lines.append(f"Parquet:  {summary['parquet_uri']}")
-    lines += guard_lines(summary, approval_url)
+    lines += guard_lines(summary, prompt)
     # A manifest the merge could not use (not JSON, not an object): the team learns which, and why.
     for document in (summary.get("unusable") or [])[:MAX_GAPS_LISTED]:
         uri, problem = clean(document.get("uri"), MAX_TEXT_CHARS), clean(document.get("problem"))

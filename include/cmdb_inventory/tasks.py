@@ -10,12 +10,13 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include.cmdb_inventory import assets, guard, inventory, preflight
 from include.cmdb_inventory.config import VARIABLE_KEY, Account, ConfigError, Settings, parse_settings
 from include.cmdb_inventory.contract import APPROVAL_TASK_ID
 from include.cmdb_inventory.invocation import running_dags_test
+from include.cmdb_inventory.notify import Prompt
 from include.cmdb_inventory.run import RunInfo, store_for
 
 if TYPE_CHECKING:
@@ -202,8 +203,16 @@ def notify(context: Mapping[str, Any], summary: RunSummary) -> Receipt:
     """``notify_cmdb``: tell the CMDB team (and where to decide when the removal guard holds the snapshot)."""
     if deprecated_preflight(context):  # then merge returned the preflight's summary
         return notify_readiness(context, cast("PreflightSummary", summary))
-    url = approval_url(context) if guard.is_held(summary) else None
-    return inventory.notify_cmdb(settings_from(context), summary, url)
+    prompt = None
+    if guard.is_held(summary):
+        approval = context["dag"].get_task(APPROVAL_TASK_ID) if "dag" in context else None
+        timeout = getattr(approval, "response_timeout", None)
+        prompt = Prompt(
+            url=approval_url(context),
+            asked=not running_dags_test(),
+            timeout_hours=timeout.total_seconds() / 3600 if timeout else None,
+        )
+    return inventory.notify_cmdb(settings_from(context), summary, prompt)
 
 
 def removal_request(context: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -219,12 +228,10 @@ def removal_request(context: Mapping[str, Any]) -> tuple[str, str] | None:
         return None
     if running_dags_test():
         # Nobody can answer an attended test run's request (dags test waits for it, forever): it stays HELD.
-        log.warning(
-            "The mass-removal guard holds the snapshot of %s; under airflow dags test nobody is asked: "
-            "latest/ stays as it is. Run the date under a scheduler to approve or reject it.",
-            held.get("ds"),
+        raise AirflowSkipException(
+            f"the mass-removal guard holds the snapshot of {held.get('ds')}, but under airflow dags test "
+            "nobody is asked: latest/ stays as it is; run the date under a scheduler to approve or reject it"
         )
-        return None
     return inventory.approval_request(held)
 
 

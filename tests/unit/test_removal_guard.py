@@ -94,13 +94,17 @@ def test_a_mass_removal_is_written_under_its_date_but_latest_waits(store: Snapsh
     assert assets.emit_snapshot_event(outlets, held) is False
     assert outlets.added == []
     # The notification says what is waiting and why, and where to decide.
-    text = notify.message(
-        held, "http://airflow.example/dags/x/runs/y/tasks/approve_removals/required_actions"
-    )
+    url = "http://airflow.example/dags/x/runs/y/tasks/approve_removals/required_actions"
+    text = notify.message(held, notify.Prompt(url=url, timeout_hours=20))
     assert "HELD:" in text
     assert "3 of the 20 instances" in text
     assert "15.0%" in text
     assert "approve_removals/required_actions" in text
+    assert "Without an answer it is rejected after 20 hours." in text
+    # Under airflow dags test nobody can answer: the message says so instead of pointing at a request.
+    attended = notify.message(held, notify.Prompt(asked=False))
+    assert "nobody is asked under airflow dags test" in attended
+    assert "Required Actions" not in attended
     assert "HELD for approval" in notify.subject(held)
 
 
