@@ -50,6 +50,9 @@ class ConfigError(ValueError):
         super().__init__(f"invalid configuration {VARIABLE_KEY}.{key}: {message}")
 
 
+CONTEXT_IN_STAGING = "staging"  # Account.to_dict's ``context``: the account's context is a staging document
+
+
 @dataclass(frozen=True)
 class Account:
     """One expected AWS account."""
@@ -72,15 +75,23 @@ class Account:
         return json.dumps(dict(self.tags), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
     def to_dict(self) -> dict[str, str]:
-        """Small JSON form, as passed between tasks (the organisation context only when there is one)."""
+        """
+        Small JSON form, as passed between tasks: every mapped task pulls the whole list, so the organisation
+        context (which grows with each account's tags) is not in it; ``context`` says that it waits in the
+        run's staging prefix (``inventory.account_of`` reads it there).
+        """
         data = {"id": self.id, "name": self.name, "label": self.label}
         if self.ou_path or self.tags:
-            data.update(ou_path=self.ou_path, tags=self.tags_json)
+            data["context"] = CONTEXT_IN_STAGING
         return data
+
+    def context(self) -> dict[str, Any]:
+        """The organisation context as the run's staging keeps it: ``{"ou_path", "tags"}``."""
+        return {"ou_path": self.ou_path, "tags": dict(self.tags)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Account:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (and of :meth:`context`'s keys, when ``data`` has them)."""
         raw_tags = data.get("tags") or {}
         tags = json.loads(raw_tags) if isinstance(raw_tags, str) else raw_tags
         return cls(

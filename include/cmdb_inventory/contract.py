@@ -139,6 +139,10 @@ class Layout:
         """One account's coverage status."""
         return f"{staging}/status/{account_id}.json"
 
+    def context(self, staging: str, account_id: str) -> str:
+        """One account's organisation context (OU path, tags), written by resolve for its scan."""
+        return f"{staging}/context/{account_id}.json"
+
     def commits(self, ds: str) -> str:
         """Where every commit of one date keeps its objects (``{prefix}/ds=D/run=``...)."""
         return f"{self.prefix}/ds={ds}/run="

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from include.cmdb_inventory import changes, contract, coverage, formats, guard, notify, servicenow
 from include.cmdb_inventory.aws import errors
 from include.cmdb_inventory.aws.hooks import role_session_name
-from include.cmdb_inventory.config import Account, ConfigError, Settings
+from include.cmdb_inventory.config import CONTEXT_IN_STAGING, Account, ConfigError, Settings
 from include.cmdb_inventory.contract import (
     CSV_NAME,
     MANIFEST_NAME,
@@ -145,8 +145,41 @@ def resolve_accounts(
         )
         log.warning("%s", reason)
         return {**plan, "accounts": [], "skip_reason": reason}
+    if not preflight:
+        write_contexts(store, run, [a for a in scanned if a.ou_path or a.tags])
     log.info("Resolved %d accounts for %s (%s)", len(accounts), run.ds, found.source)
     return {**plan, "accounts": accounts}
+
+
+def write_contexts(store: SnapshotStore, run: RunInfo, accounts: Sequence[Account]) -> None:
+    """
+    Each account's organisation context into the run's staging prefix, a few at a time: one small document
+    per account, read by its own scan only (the mapped list, which every scan pulls whole, stays small).
+    """
+    staging = store.layout.staging(run.ds, run.run_id)
+
+    def put(account: Account) -> None:
+        store.put_json(store.layout.context(staging, account.id), account.context())
+
+    with ThreadPoolExecutor(max_workers=STATUS_READERS, thread_name_prefix="resolve-context") as pool:
+        list(pool.map(put, accounts))
+
+
+def account_of(store: SnapshotStore, run: RunInfo, data: Mapping[str, Any]) -> Account:
+    """
+    A mapped task's account (``Account.to_dict``), with its organisation context read from the run's
+    staging prefix when resolve left one. A context that is gone (the staging prefix expired) is logged and
+    the account scanned without it: its instances matter more than two columns.
+    """
+    account = Account.from_dict(data)
+    if data.get("context") != CONTEXT_IN_STAGING:
+        return account
+    key = store.layout.context(store.layout.staging(run.ds, run.run_id), account.id)
+    doc = store.get_json(key)
+    if doc is None:
+        log.warning("Account %s: no organisation context at %s; scanning without it", account.label, key)
+        return account
+    return Account.from_dict({**data, **doc})
 
 
 # --- scan -------------------------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def scan(context: Mapping[str, Any], account: Mapping[str, Any]) -> dict[str, An
     if checking:
         return preflight.check_account(settings, run, Account.from_dict(account), store)
     try:
-        return inventory.scan_account(settings, run, Account.from_dict(account), store)
+        return inventory.scan_account(settings, run, inventory.account_of(store, run, account), store)
     except inventory.PermanentScanError as err:
         raise AirflowFailException(str(err)) from None
 

@@ -16,7 +16,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 
 from include.cmdb_inventory.config import Account, OrganizationsSettings, parse_settings
-from include.cmdb_inventory.inventory import merge_inventory, resolve_accounts
+from include.cmdb_inventory.inventory import account_of, merge_inventory, resolve_accounts
 from include.cmdb_inventory.organizations import discover
 from include.cmdb_inventory.records import instance_record
 from include.cmdb_inventory.run import RunInfo
@@ -225,7 +225,8 @@ def test_denied_tags_keep_the_run_going_and_the_manifest_says_so(
     assert len(warnings) == 1
     assert "ListTagsForResource" in warnings[0].getMessage()
     assert "AccessDeniedException" in warnings[0].getMessage()
-    assert [Account.from_dict(a) for a in plan["accounts"]] == [Account(active, "Active", "Root/Workloads")]
+    scanned = [account_of(store, run, a) for a in plan["accounts"]]
+    assert scanned == [Account(active, "Active", "Root/Workloads")]
     merge_inventory(settings, run, store, plan["expected"], plan=plan)
     manifest = store.get_json(store.layout.snapshot(run.ds, "manifest.json"))
     assert manifest is not None
@@ -271,27 +272,38 @@ def test_a_param_subset_run_keeps_ou_path_and_tags(org: Org, store: SnapshotStor
         {"bucket": BUCKET, "organizations": {"include_ous": [prod]}}, {"accounts": [{"id": picked}]}
     )
 
-    plan: dict[str, Any] = resolve_accounts(
-        settings, _run(org, "2026-12-04"), store, False, org_client=org.client
-    )
+    run = _run(org, "2026-12-04")
+    plan: dict[str, Any] = resolve_accounts(settings, run, store, False, org_client=org.client)
 
+    # The mapped list stays small (every scan pulls it whole); the context waits in staging.
     assert plan["accounts"] == [
-        {
-            "id": picked,
-            "name": "Picked",
-            "label": f"{picked} (Picked)",
-            "ou_path": "Root/Workloads/Prod",
-            "tags": '{"owner":"payments"}',
-        }
+        {"id": picked, "name": "Picked", "label": f"{picked} (Picked)", "context": "staging"}
+    ]
+    assert [account_of(store, run, a) for a in plan["accounts"]] == [
+        Account(picked, "Picked", "Root/Workloads/Prod", (("owner", "payments"),))
     ]
 
 
-def test_the_scan_task_gets_the_context_through_its_xcom_and_writes_it_in_the_record() -> None:
-    """The mapped task's argument is JSON (an XCom): ``to_dict``/``from_dict`` carry OU path and tags."""
+def test_the_scan_task_gets_the_context_from_staging_and_writes_it_in_the_record(
+    store: SnapshotStore,
+) -> None:
+    """The mapped task's argument is JSON (an XCom) without tags; its scan reads its own context document."""
+    from include.cmdb_inventory.inventory import write_contexts
+
+    run = RunInfo("cmdb_ec2_inventory", "scheduled__2026-12-05T02:00:00+00:00", "2026-12-05", "2026-12-05")
     account = Account("123456789012", "Prod", ou_path="Root/Workloads/Prod", tags=(("owner", 'a"b'),))
-    received = Account.from_dict(json.loads(json.dumps(account.to_dict())))
+    mapped = json.loads(json.dumps(account.to_dict()))
+    assert "tags" not in mapped
+    assert "ou_path" not in mapped
+    write_contexts(store, run, [account])
+    received = account_of(store, run, mapped)
     assert received == account
 
     record, _ = instance_record(received, "eu-west-1", {"InstanceId": "i-1"}, "2026-12-01T00:00:00Z")
     assert record["AccountOuPath"] == "Root/Workloads/Prod"
     assert json.loads(record["AccountTags"]) == {"owner": 'a"b'}
+    # A context that is gone (staging expired) costs the two columns, never the account's instances.
+    store.s3.delete_object(
+        Bucket=store.bucket, Key=store.layout.context(store.layout.staging(run.ds, run.run_id), account.id)
+    )
+    assert account_of(store, run, mapped) == Account("123456789012", "Prod")
