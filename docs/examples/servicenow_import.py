@@ -9,6 +9,10 @@ another batch's task is retried. Throttling (429, honouring `Retry-After`) and s
 retried with backoff inside the task, then by Airflow. A partial or subset snapshot, or one the removal
 guard holds, is skipped unless the `import_partial` Param says otherwise (the guard's hold never is).
 An example: copy it into your DAGs folder next to the `include/` package; see docs/examples/README.md.
+
+Each payload retires what was removed since the snapshot before it. When several snapshot events arrive
+in one run (the import was paused for days), only the newest is imported, and it does not retire what
+the older ones removed: import those first, oldest first, with the `manifest_uri` Param.
 """
 
 from __future__ import annotations
