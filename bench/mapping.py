@@ -21,7 +21,7 @@ from typing import Any
 
 from devtools import sandbox
 
-NOT_EXECUTED = "scan_account|merge_inventory|notify_cmdb|check_coverage"
+NOT_EXECUTED = "scan_account|merge_inventory|notify_cmdb|check_coverage|approve_removals"
 
 
 def synthetic_accounts(count: int) -> list[str]:

@@ -49,19 +49,21 @@ def approval_state(api: AirflowApi, run_id: str) -> str:
 
 def wait_awaiting_input(env: Harness, run_id: str, timeout: float = 240) -> dict[str, Any]:
     """
-    Poll until the approval asks a person, and until the worker process that parked it has exited; return
-    its human-in-the-loop request. Waiting for that exit is a person's pace: Airflow 3.3.2 races an answer
-    that comes while the parking process is still exiting (its executor event, "success" while the resumed
-    try runs, makes the scheduler retry the task, which then asks again); people answer minutes later.
+    Poll until the approval asks a person, and until the scheduler has taken in the exit of the worker
+    process that parked it; return its human-in-the-loop request. Waiting for that is a person's pace:
+    Airflow 3.3.2 races an answer that comes before the scheduler processed the parking process's executor
+    event ("success" while the resumed try is queued or running makes it retry the task, which then asks
+    again); people answer minutes later.
     """
     deadline = time.monotonic() + timeout
     while True:
         ti = env.api.get(ti_path(run_id))
-        parked = "final_state=awaiting_input loc=supervisor.py"
-        if ti["state"] == "awaiting_input" and any(
-            parked in line and str(ti["id"]) in line
-            for line in env.cluster.component("scheduler").output().splitlines()
-        ):
+        taken_in = (
+            "Received executor event with state success for task instance "
+            f"TaskInstanceKey(dag_id='{DAG_ID}', task_id='{TASK}', run_id='{run_id}', "
+            f"try_number={ti['try_number']},"
+        )
+        if ti["state"] == "awaiting_input" and taken_in in env.cluster.component("scheduler").output():
             return dict(env.api.get(f"{ti_path(run_id)}/hitlDetails"))
         if ti["state"] in ("success", "skipped", "failed", "upstream_failed") or time.monotonic() > deadline:
             explained = env.cluster.explain(DAG_ID, run_id)
