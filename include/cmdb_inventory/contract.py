@@ -239,7 +239,7 @@ class TagColumn(TypedDict):
     """A configured tag column (manifest ``tag_columns``): its tag keys, which key each value came from."""
 
     column: str
-    keys: list[str]  # in the configured order: the first key an instance has gives the value
+    keys: list[str]  # in the configured order: the first key an instance has with a value gives the cell
     matched: dict[str, int]  # tag key -> instances whose value came from it
     unmatched: int  # instances with none of the keys (the cell is empty)
 
