@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 from include.cmdb_inventory import contract, guard
 from include.cmdb_inventory.aws.redaction import scrub
 from include.cmdb_inventory.contract import CHANGES_NAME, MANIFEST_NAME
-from include.cmdb_inventory.records import Record, neutralise
+from include.cmdb_inventory.records import Record, neutralise, read_csv_rows
 from include.cmdb_inventory.storage import digest_of, spool
 from include.cmdb_inventory.text import MAX_TEXT_CHARS, MAX_VALUE_CHARS, clean
 
@@ -282,22 +282,7 @@ def write_rows(rows: Iterable[Mapping[str, str]], out: IO[bytes], tally: Tally |
 
 def read_rows(source: IO[bytes]) -> Iterator[dict[str, str]]:
     """Stream the rows of an inventory CSV (a binary file, from its start), checking its header."""
-    source.seek(0)
-    text = io.TextIOWrapper(source, encoding="utf-8", newline="")
-    try:
-        reader = csv.DictReader(text)
-        fields = reader.fieldnames or ()
-        missing = [c for c in (*KEY_COLUMNS, *CHANGE_FIELDS) if c not in fields]
-        if missing:
-            raise ChangeDataError(f"the CSV has no column {missing[0]!r}")
-        for row in reader:
-            if None in row or row[fields[-1]] is None:
-                raise ChangeDataError(f"CSV line {reader.line_num} does not have one cell per column")
-            yield row
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ChangeDataError(f"the CSV cannot be read: {err}") from None
-    finally:
-        text.detach()
+    return read_csv_rows(source, (*KEY_COLUMNS, *CHANGE_FIELDS), "the CSV", ChangeDataError)
 
 
 def snapshot_dates(store: SnapshotStore) -> list[str]:

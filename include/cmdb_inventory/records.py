@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from include.cmdb_inventory.contract import COLUMNS, LIST_SEPARATOR
 
@@ -169,3 +171,28 @@ def csv_row(record: Mapping[str, str], columns: Sequence[str] = COLUMNS) -> list
 def sort_key(record: Mapping[str, str]) -> tuple[str, str, str]:
     """Rows are sorted by Account, Region, InstanceId."""
     return (record["Account"], record["Region"], record["InstanceId"])
+
+
+def read_csv_rows(
+    source: IO[bytes], columns: Sequence[str], which: str, error: type[Exception]
+) -> Iterator[dict[str, str]]:
+    """
+    Stream the rows of a CSV we wrote (a binary file, from its start) that must have ``columns``. A missing
+    column, a row without one cell per column, or text that is not UTF-8 CSV raises ``error`` naming
+    ``which`` (e.g. "the CSV", "changes.csv"). Lazy: nothing is read before the first row is asked for.
+    """
+    source.seek(0)
+    text = io.TextIOWrapper(source, encoding="utf-8", newline="")
+    try:
+        reader = csv.DictReader(text)
+        missing = [c for c in columns if c not in (reader.fieldnames or ())]
+        if missing:
+            raise error(f"{which} has no column {missing[0]!r}")
+        for row in reader:
+            if None in row or None in row.values():
+                raise error(f"{which} line {reader.line_num} does not have one cell per column")
+            yield row
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise error(f"{which} cannot be read: {err}") from None
+    finally:
+        text.detach()

@@ -49,9 +49,7 @@ instances. Both CSVs are sorted by Account, Region, InstanceId, so they are merg
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import json
 import logging
 import shutil
@@ -59,7 +57,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from include.cmdb_inventory.contract import IRE_PAYLOAD_NAME
-from include.cmdb_inventory.records import neutralise
+from include.cmdb_inventory.records import neutralise, read_csv_rows
 from include.cmdb_inventory.storage import CHUNK, digest_of, spool
 
 if TYPE_CHECKING:
@@ -215,21 +213,7 @@ def elements(
 
 def read_rows(source: IO[bytes], columns: Sequence[str], which: str) -> Iterator[dict[str, str]]:
     """Stream the rows of a CSV (a binary file, from its start) that must have ``columns``."""
-    source.seek(0)
-    text = io.TextIOWrapper(source, encoding="utf-8", newline="")
-    try:
-        reader = csv.DictReader(text)
-        missing = [c for c in columns if c not in (reader.fieldnames or ())]
-        if missing:
-            raise PayloadError(f"{which} has no column {missing[0]!r}")
-        for row in reader:
-            if None in row or None in row.values():
-                raise PayloadError(f"{which} line {reader.line_num} does not have one cell per column")
-            yield row
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise PayloadError(f"{which} cannot be read: {err}") from None
-    finally:
-        text.detach()
+    return read_csv_rows(source, columns, which, PayloadError)
 
 
 def removed_rows(source: IO[bytes]) -> Iterator[dict[str, str]]:
